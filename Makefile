@@ -1,0 +1,29 @@
+# Two commands for a newcomer: `make run` (the main job) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+
+.PHONY: setup run test lint bench
+setup: $(VENV)/.installed
+
+# The pinned CPU torch goes in first: a bare `torch` requirement would pull a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+run: setup
+	$(BIN)/livehuman render --image engine/assets/portrait.png --audio engine/assets/hello.wav --out out/hello.mp4 --report out/hello.json
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python benchmarks/render.py --out benchmarks/results
