@@ -1,0 +1,67 @@
+"""The one interface the scheduler sees: four components with explicit state.
+
+Every backend (torch reference, onnxruntime, TensorRT) implements the same four calls with the
+same shapes, so the scheduler runs unchanged on any of them. Tensors cross this boundary as
+float32 torch tensors on the CPU; a backend moves them to its device and back, which keeps the
+scheduler free of device logic.
+
+Shapes (B batch, C latent channels, T latent frames, h/w latent size, H/W pixels, F frames):
+- ``audio_encoder(samples (B, F*640 + n_fft - hop)) -> features (B, F, Da)``: one feature per
+  video frame of the span.
+- ``dit_step(x (B,C,T,h,w), timestep (B,) in [0,1000], cond (B,2C+1,T,h,w),
+  audio (B,T,N,Da), text (B,L,Dt), camera (B,C,T,h,w), attributes (B,A)) -> velocity (B,C,T,h,w)``
+- ``vae_encoder(frames (B,3,F,H,W) in [-1,1]) -> latents (B,C,T,h,w)`` with F = 1 + 4(T-1).
+- ``vae_decoder_step(latent (B,C,1,h,w), cache) -> (frames (B,3,4,H,W) in [-1,1], cache)``.
+  ``vae_decoder_cache(B)`` gives the zero cache a stream starts from.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from engine.config import ModelConfig
+
+DecoderCache = tuple[torch.Tensor, ...]
+
+
+class BackendUnavailable(RuntimeError):
+    """Raised when a backend cannot load; the message is one line a user can act on."""
+
+
+class Backend(ABC):
+    """A model runtime. Stateless between calls: streaming state is passed in and returned."""
+
+    name: str
+    config: ModelConfig
+
+    @abstractmethod
+    def audio_encoder(self, samples: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def dit_step(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        cond: torch.Tensor,
+        audio: torch.Tensor,
+        text: torch.Tensor,
+        camera: torch.Tensor,
+        attributes: torch.Tensor,
+    ) -> torch.Tensor: ...
+
+    @abstractmethod
+    def vae_encoder(self, frames: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def vae_decoder_step(
+        self, latent: torch.Tensor, cache: DecoderCache
+    ) -> tuple[torch.Tensor, DecoderCache]: ...
+
+    @abstractmethod
+    def vae_decoder_cache(self, batch: int = 1) -> DecoderCache: ...
+
+    @abstractmethod
+    def encode_text(self, prompt: str) -> torch.Tensor:
+        """(1, L, Dt) prompt embedding; runs once per session or prompt change, not per window."""
