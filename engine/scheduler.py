@@ -1,0 +1,437 @@
+"""The chunked streaming scheduler: audio in, in-order frames with their audio out.
+
+Two halves meet here under one lock: ``work()`` (called by a worker thread, never an event
+loop) generates the next window once its audio is in or its deadline has passed, and
+``release()`` hands out frames: offline as soon as they exist, live when the session clock
+reaches them. Audio is the master clock (see ``engine.timeline``).
+
+Live timing. Frame ``f`` is presented at ``T0 + f/25`` with ``T0 = start + playout_delay``.
+Audio pushed at time ``t`` is placed at timeline position ``(t - start) * 16000`` (or after audio
+already queued), so it plays ``playout_delay`` after it arrived; that delay must cover a window
+of audio, the look-ahead and the compute budget. A window whose audio has not arrived
+``compute_budget`` before its first frame is due gets silence instead, and the avatar idles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from engine.clock import Clock
+from engine.config import (
+    FPS,
+    FRAMES_PER_LATENT,
+    MODEL_SAMPLE_RATE,
+    OUTPUT_SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
+    SAMPLES_PER_LATENT,
+    ModelConfig,
+)
+from engine.generator import Conditioning, GeneratorState, WindowGenerator, WindowOutput
+from engine.runtime.base import Backend
+from engine.timeline import RATIO, Timeline
+
+log = logging.getLogger(__name__)
+
+OUTPUT_SAMPLES_PER_FRAME = OUTPUT_SAMPLE_RATE // FPS  # 1920
+PACKET_SAMPLES = MODEL_SAMPLE_RATE // 50  # 20 ms: interrupt mutes from the next packet
+
+
+@dataclass(frozen=True)
+class OutputFrame:
+    index: int  # video frame index; pts = index / 25 s
+    rgb: np.ndarray  # (H, W, 3) uint8
+    audio: np.ndarray  # (1920,) float32 at 48 kHz: the audio that drove this frame
+    segment_id: int | None  # the speech segment that drove it; None while idle
+    repeated: bool = False  # the frame was not ready in time and the previous one was shown
+
+    @property
+    def pts(self) -> float:
+        return self.index / FPS
+
+
+@dataclass(frozen=True)
+class PlaybackEvent:
+    kind: Literal["playback_started", "playback_finished"]
+    segment_id: int
+    playback_position: float = 0.0  # seconds of the segment's audio that were played
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class WindowRecord:
+    start: int
+    steps: int
+    frames: int
+    timings_ms: dict[str, float]
+    began: float  # clock time
+    ended: float
+
+
+@dataclass
+class _Segment:
+    start: int  # model samples
+    end: int
+    started: bool = False
+    finished: bool = False
+
+
+@dataclass
+class SchedulerStats:
+    windows: int = 0
+    frames_released: int = 0
+    repeated: int = 0  # frames shown twice because the next was late
+    dropped: int = 0  # generated too late to show
+    silence_inserted_s: float = 0.0
+    steps_used: dict[int, int] = field(default_factory=dict)
+
+
+class Scheduler:
+    """One session's scheduler. Offline when ``clock`` is None (waits for audio, never degrades)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        conditioning: Conditioning,
+        config: ModelConfig,
+        *,
+        seed: int = 0,
+        clock: Clock | None = None,
+        portrait: np.ndarray | None = None,
+        max_buffered_frames: int = 64,
+    ) -> None:
+        self.config = config
+        self.sched = config.scheduler
+        self.clock = clock
+        self.live = clock is not None
+        self.generator = WindowGenerator(backend, conditioning, config, seed)
+        self.timeline = Timeline()
+        self.stats = SchedulerStats()
+        self.records: list[WindowRecord] = []
+        self.events: deque[PlaybackEvent] = deque()
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._state = self.generator.initial_state()
+        self._snapshots: dict[int, GeneratorState] = {}
+        self._pending: deque[tuple[int, np.ndarray]] = deque()  # generated, not yet released
+        self._next_release = 0
+        self._last_rgb = (
+            portrait if portrait is not None else np.zeros((config.height, config.width, 3), np.uint8)
+        )
+        self._max_buffered = max_buffered_frames
+        self._ended = False
+        self._total_frames: int | None = None
+        self._generated_all = False
+        self._segments: dict[int, _Segment] = {}
+        self._open_segment: int | None = None
+        self._next_segment_id = 1
+        self._released_segment: int | None = None
+        self._step_ms: dict[int, float] = {}  # measured window compute per step count
+        self._start = clock.now() if clock is not None else 0.0
+        self._t0 = self._start + self.sched.playout_delay_ms / 1000.0
+
+    # --- producer side (any thread) --------------------------------------------------------------
+    def push_audio(self, samples: np.ndarray, sample_rate: int) -> int:
+        """Queue speech (mono float32 at its own rate); returns the segment id it belongs to."""
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim != 1:
+            raise ValueError("push_audio takes mono samples (1-D)")
+        with self._lock:
+            if self._ended:
+                raise RuntimeError("push_audio after end_input")
+            if self._open_segment is None:
+                self._open_segment = self._next_segment_id
+                self._next_segment_id += 1
+                if self.live:
+                    self._place_new_speech()
+                self._segments[self._open_segment] = _Segment(self.timeline.end, self.timeline.end)
+            segment = self._open_segment
+            self.timeline.push(samples, sample_rate, segment)
+            self._segments[segment].end = self.timeline.end
+            self._wake.notify_all()
+            return segment
+
+    def end_segment(self) -> None:
+        """End of an utterance: the next push starts a new segment (placed anew when live)."""
+        with self._lock:
+            self._open_segment = None
+
+    def end_input(self) -> None:
+        """Offline: no more audio. The output is trimmed to round(seconds * 25) frames."""
+        with self._lock:
+            self.timeline.sync()
+            self._ended = True
+            self._total_frames = round(self.timeline.input_seconds * FPS)
+            self._wake.notify_all()
+
+    def interrupt(self) -> None:
+        """Stop speaking now: mute audio from the next 20 ms packet, cut video at the first latent
+        boundary after the play head, drop all queued speech and idle from there."""
+        with self._lock:
+            play = self._play_position()
+            released = self._next_release * SAMPLES_PER_FRAME
+            mute_from = max(math.ceil(play / PACKET_SAMPLES) * PACKET_SAMPLES, released)
+            cut = max(play // SAMPLES_PER_LATENT + 1, math.ceil(self._next_release / FRAMES_PER_LATENT))
+            segment = self.timeline.segment_at(min(mute_from, self.timeline.end - 1))
+            if segment is None:
+                segment = self._open_segment
+            if segment is not None and not self._segments[segment].finished:
+                seg = self._segments[segment]
+                position = min(max(mute_from, seg.start), seg.end) - seg.start
+                self._finish_segment(segment, position / MODEL_SAMPLE_RATE, interrupted=True)
+            self.timeline.mute(mute_from, cut * SAMPLES_PER_LATENT)
+            if cut < self._state.start:
+                self._rollback(cut)
+            self.timeline.truncate(cut * SAMPLES_PER_LATENT)
+            self._open_segment = None
+            self._wake.notify_all()
+
+    # --- worker side (a worker thread) ----------------------------------------------------------
+    def work(self) -> bool:
+        """Generate the next window if it is due; False when there is nothing to do yet."""
+        with self._lock:
+            job = self._next_job()
+            if job is None:
+                return False
+            state, audio, steps = job
+        began = self._now()
+        out = self.generator.run(state, audio, steps)
+        with self._lock:
+            if self._state is not state:  # rolled back while computing: this window is void
+                return True
+            self._accept(out, began)
+            if self._ended and self._state.start + self.sched.overlap >= self._latents_needed():
+                self._accept(self.generator.flush(self._state), self._now())
+                self._generated_all = True
+            self._wake.notify_all()
+        return True
+
+    def next_deadline(self) -> float | None:
+        """Clock time at which ``work()`` will have something to do even without new audio."""
+        with self._lock:
+            if not self.live or self._generated_all:
+                return None
+            return self._deadline(self._state.start)
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Block the worker until audio, an interrupt or a release arrives, or ``timeout`` s."""
+        with self._wake:
+            self._wake.wait(timeout)
+
+    # --- consumer side ----------------------------------------------------------------------------
+    def release(self) -> list[OutputFrame]:
+        """Frames that are ready (offline) or due on the session clock (live), in order."""
+        with self._lock:
+            out = self._release_live() if self.live else self._release_offline()
+            if out:
+                self._wake.notify_all()
+                self._forget_played()
+            return out
+
+    @property
+    def done(self) -> bool:
+        """Offline: every frame has been released."""
+        with self._lock:
+            return self._generated_all and self._next_release >= (self._total_frames or 0)
+
+    def drain_events(self) -> list[PlaybackEvent]:
+        with self._lock:
+            events = list(self.events)
+            self.events.clear()
+            return events
+
+    # --- internals ---------------------------------------------------------------------------------
+    def _now(self) -> float:
+        return self.clock.now() if self.clock is not None else time.perf_counter()
+
+    def _present(self, frame: int) -> float:
+        return self._t0 + frame / FPS
+
+    def _play_position(self) -> int:
+        """Model-audio position being presented now (offline: what has been released)."""
+        if not self.live:
+            return self._next_release * SAMPLES_PER_FRAME
+        return max(int((self._now() - self._t0) * MODEL_SAMPLE_RATE), 0)
+
+    def _deadline(self, start: int) -> float:
+        """Latest clock time to start the window at ``start`` and still show its first frame."""
+        budget = self.sched.compute_budget_ms / 1000.0
+        emits_nothing = start + self.sched.stride <= 0  # the first window may only prime
+        return self._present(FRAMES_PER_LATENT * max(start, 0)) - budget * (2 if emits_nothing else 1)
+
+    def _latents_needed(self) -> int:
+        return math.ceil((self._total_frames or 0) / FRAMES_PER_LATENT)
+
+    def _next_job(self) -> tuple[GeneratorState, np.ndarray, int] | None:
+        if self._generated_all:
+            return None
+        if self.live:
+            self._skip_if_late()
+        state = self._state
+        need = self.generator.required_audio_end(state.start)
+        if self.live:
+            first_due = self._present(FRAMES_PER_LATENT * max(state.start, 0))
+            window_s = self.sched.window * FRAMES_PER_LATENT / FPS
+            if first_due - self._now() > self.sched.playout_delay_ms / 1000.0 + window_s:
+                return None  # a burst of audio must not run generation far ahead of playout
+            if self.timeline.end < need:
+                if self._now() < self._deadline(state.start):
+                    return None  # a momentarily empty queue is not silence: wait for the deadline
+                self.stats.silence_inserted_s += (need - self.timeline.end) / MODEL_SAMPLE_RATE
+                self.timeline.pad_silence(need)
+        else:
+            if len(self._pending) >= self._max_buffered:
+                return None
+            if self.timeline.end < need:
+                if not self._ended:
+                    return None
+                self.timeline.pad_silence(need)
+        first_frame, count = self.generator.audio_span(state.start)
+        start = first_frame * SAMPLES_PER_FRAME
+        n = count * SAMPLES_PER_FRAME + self.config.audio.n_fft - self.config.audio.hop_length
+        return state, self.timeline.model.read(start, start + n), self._choose_steps(state.start)
+
+    def _choose_steps(self, start: int) -> int:
+        """Offline never degrades; live sheds steps when the window would otherwise be late."""
+        steps = self.sched.steps
+        if not self.live or not self.sched.fallback_steps:
+            return steps
+        time_left_ms = (self._present(FRAMES_PER_LATENT * max(start, 0)) - self._now()) * 1000.0
+        for candidate in sorted({steps, *self.sched.fallback_steps}, reverse=True):
+            if candidate <= steps and self._step_ms.get(candidate, 0.0) <= time_left_ms:
+                return candidate
+        return min(self.sched.fallback_steps)
+
+    def _skip_if_late(self) -> None:
+        """If the next window's first frame is already due, jump to where generation can be on
+        time again: the viewer sees repeated frames meanwhile, and lag never builds up."""
+        state = self._state
+        if state.start < 0 or self._present(FRAMES_PER_LATENT * state.start) >= self._now():
+            return
+        budget = self.sched.compute_budget_ms / 1000.0
+        target = math.ceil((self._now() + budget - self._t0) * FPS / FRAMES_PER_LATENT)
+        log.warning("generation behind the play head: skipping %d latents", target - state.start)
+        self._state = dataclasses.replace(state, start=target)
+
+    def _accept(self, out: WindowOutput, began: float) -> None:
+        for i, rgb in enumerate(out.frames):
+            self._pending.append((out.first_frame + i, rgb))
+        for boundary in out.boundaries:
+            self._snapshots[boundary.start] = boundary
+        if out.boundaries:
+            self._state = out.boundaries[-1]
+        if out.steps:
+            self.stats.windows += 1
+            self.stats.steps_used[out.steps] = self.stats.steps_used.get(out.steps, 0) + 1
+            compute = sum(out.timings_ms.values())
+            previous = self._step_ms.get(out.steps)
+            self._step_ms[out.steps] = compute if previous is None else 0.8 * previous + 0.2 * compute
+        self.records.append(
+            WindowRecord(out.start, out.steps, len(out.frames), out.timings_ms, began, self._now())
+        )
+
+    def _rollback(self, boundary: int) -> None:
+        """Restore the snapshot at a latent boundary and forget every frame generated after it."""
+        snapshot = self._snapshots.get(boundary)
+        if snapshot is None:
+            log.warning("no snapshot at latent %d; continuing from latent %d", boundary, self._state.start)
+            return
+        self._state = snapshot.resumed()
+        first_dropped = boundary * FRAMES_PER_LATENT
+        while self._pending and self._pending[-1][0] >= first_dropped:
+            self._pending.pop()
+        self._snapshots = {b: s for b, s in self._snapshots.items() if b <= boundary}
+
+    def _place_new_speech(self) -> None:
+        """Live: a new utterance starts where audio arriving now plays ``playout_delay`` later,
+        or after speech still queued. Inserted silence beyond that point is revoked; idle frames
+        already generated beyond it are rolled back at the next latent boundary."""
+        arrival = max(int((self._now() - self._start) * MODEL_SAMPLE_RATE), 0)
+        place = max(arrival, self.timeline.speech_end)
+        generated = max(self._state.start, 0) * SAMPLES_PER_LATENT
+        if place < generated:
+            boundary = math.ceil(place / SAMPLES_PER_LATENT)
+            self._rollback(boundary)
+            place = max(self._state.start, 0) * SAMPLES_PER_LATENT
+        if self.timeline.end > place:
+            self.timeline.truncate(place)
+        else:
+            self.timeline.pad_silence(place)
+
+    def _release_offline(self) -> list[OutputFrame]:
+        out = []
+        total = self._total_frames
+        while self._pending and (total is None or self._next_release < total):
+            index, rgb = self._pending.popleft()
+            out.append(self._frame(index, rgb, repeated=False))
+        if self._generated_all and total is not None and self._next_release >= total:
+            self._pending.clear()
+            self._close_segments()
+        return out
+
+    def _release_live(self) -> list[OutputFrame]:
+        out = []
+        now = self._now()
+        while self._present(self._next_release) <= now:
+            index = self._next_release
+            while self._pending and self._pending[0][0] < index:
+                self._pending.popleft()
+                self.stats.dropped += 1
+            if self._pending and self._pending[0][0] == index:
+                out.append(self._frame(index, self._pending.popleft()[1], repeated=False))
+            else:
+                self.stats.repeated += 1
+                out.append(self._frame(index, self._last_rgb, repeated=True))
+        return out
+
+    def _frame(self, index: int, rgb: np.ndarray, repeated: bool) -> OutputFrame:
+        start = index * SAMPLES_PER_FRAME
+        segment = self.timeline.segment_at(start)
+        if segment is None:
+            segment = self.timeline.segment_at(start + SAMPLES_PER_FRAME - 1)
+        self._track_playback(segment)
+        self._last_rgb = rgb
+        self._next_release = index + 1
+        self.stats.frames_released += 1
+        audio = self.timeline.output.read(RATIO * start, RATIO * start + OUTPUT_SAMPLES_PER_FRAME)
+        return OutputFrame(index, rgb, audio, segment, repeated)
+
+    def _track_playback(self, segment: int | None) -> None:
+        previous = self._released_segment
+        if previous is not None and previous != segment:
+            seg = self._segments.get(previous)
+            if seg is not None and not seg.finished:
+                self._finish_segment(previous, (seg.end - seg.start) / MODEL_SAMPLE_RATE, False)
+        if segment is not None:
+            seg = self._segments.get(segment)
+            if seg is not None and not seg.started:
+                seg.started = True
+                self.events.append(PlaybackEvent("playback_started", segment))
+        self._released_segment = segment
+
+    def _finish_segment(self, segment: int, position: float, interrupted: bool) -> None:
+        self._segments[segment].finished = True
+        self.events.append(PlaybackEvent("playback_finished", segment, position, interrupted))
+
+    def _close_segments(self) -> None:
+        for segment_id, seg in self._segments.items():
+            if seg.started and not seg.finished:
+                self._finish_segment(segment_id, (seg.end - seg.start) / MODEL_SAMPLE_RATE, False)
+
+    def _forget_played(self) -> None:
+        """Bounded state: drop snapshots, segments and audio that can no longer be needed."""
+        played_latents = self._next_release // FRAMES_PER_LATENT
+        self._snapshots = {b: s for b, s in self._snapshots.items() if b >= played_latents}
+        first_frame, _ = self.generator.audio_span(self._state.start)
+        keep_from = min(self._next_release, first_frame) * SAMPLES_PER_FRAME
+        self.timeline.trim(keep_from)
+        for segment_id in [k for k, s in self._segments.items() if s.finished and s.end < keep_from]:
+            del self._segments[segment_id]

@@ -1,0 +1,227 @@
+"""The chunked scheduler's mechanisms, proved with closed-form fake backends in virtual time."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.blend import blend_weights
+from engine.clock import VirtualClock
+from engine.config import FPS, MODEL_SAMPLE_RATE
+from engine.generator import Conditioning, noise_seed
+from engine.sampler import FlowSampler
+from engine.scheduler import Scheduler
+from tests.fakes import FakeBackend, fake_config
+
+RATE = MODEL_SAMPLE_RATE
+
+
+def make_scheduler(backend, config, clock=None, seed=0) -> Scheduler:  # noqa: ANN001
+    portrait = np.zeros((config.height, config.width, 3), np.uint8)
+    return Scheduler(backend, Conditioning.from_portrait(backend, portrait), config, seed=seed, clock=clock)
+
+
+def render_offline(sched: Scheduler, audio: np.ndarray, rate: int = RATE, chunk: int | None = None) -> list:
+    chunk = chunk or len(audio)
+    for i in range(0, len(audio), chunk):
+        sched.push_audio(audio[i : i + chunk], rate)
+    sched.end_input()
+    frames = []
+    while not sched.done:
+        worked = sched.work()
+        released = sched.release()
+        assert worked or released, "offline scheduler stalled"
+        frames += released
+    return frames
+
+
+def run_live(
+    sched: Scheduler, clock: VirtualClock, until: float, pushes=(), tick: float = 0.02, actions=None
+):  # noqa: ANN001
+    """Advance virtual time in ticks: push what is due, let the worker catch up, release frames."""
+    pushes, actions = list(pushes), dict(actions or {})
+    frames = []
+    while clock.now() < until - 1e-9:
+        while pushes and pushes[0][0] <= clock.now() + 1e-9:
+            sched.push_audio(pushes.pop(0)[1], RATE)
+        for at in [t for t in actions if t <= clock.now() + 1e-9]:
+            actions.pop(at)()
+        while sched.work():
+            pass
+        frames += sched.release()
+        clock.advance(tick)
+    return frames
+
+
+def paced(audio: np.ndarray, start: float = 0.0, chunk_s: float = 0.02):
+    """Real-time pacing: each 20 ms chunk is pushed as it would arrive from a live source."""
+    n = int(chunk_s * RATE)
+    return [(start + i / RATE, audio[i : i + n]) for i in range(0, len(audio), n)]
+
+
+def tone(seconds: float, amplitude: float = 0.5, freq: float = 220.0) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def energy(frame) -> float:  # noqa: ANN001
+    return float(frame.rgb.mean())
+
+
+@pytest.mark.parametrize("seconds,rate", [(1.0, 16000), (1.37, 16000), (0.5, 44100), (2.01, 48000)])
+def test_frame_count_is_round_seconds_times_fps(seconds: float, rate: int) -> None:
+    config = fake_config()
+    frames = render_offline(
+        make_scheduler(FakeBackend(config), config), np.zeros(int(seconds * rate), np.float32), rate
+    )
+    assert len(frames) == round(seconds * FPS)
+    assert [f.index for f in frames] == list(range(len(frames)))
+    assert all(f.audio.shape == (1920,) for f in frames)
+
+
+@pytest.mark.parametrize("mode", ["linear", "cosine", "none"])
+def test_overlap_latents_are_the_interpolation_blend(mode: str) -> None:
+    config = fake_config(window=5, overlap=2, blend=mode)
+    backend = FakeBackend(config, target="window")
+    render_offline(make_scheduler(backend, config), np.zeros(RATE * 2, np.float32))
+    a = blend_weights(mode, 2)
+    decoded = [float(latent.mean()) for latent in backend.decoded[1:]]  # [0] is the reference primer
+    # Window 0 emits S - O = 1 latent; window k >= 1 emits [blend j=0, blend j=1, k].
+    assert decoded[0] == pytest.approx(0.0, abs=1e-6)
+    windows = (len(decoded) - 1 - 2) // 3  # the last 2 are the flushed tail
+    assert windows >= 3
+    for k in range(1, windows + 1):
+        got = decoded[1 + 3 * (k - 1) : 1 + 3 * k]
+        want = [
+            (1 - float(a[0])) * (k - 1) + float(a[0]) * k,
+            (1 - float(a[1])) * (k - 1) + float(a[1]) * k,
+            k,
+        ]
+        assert got == pytest.approx(want, abs=1e-5), f"window {k}"
+
+
+def test_blend_modes_give_different_output() -> None:
+    outputs = []
+    for mode in ("linear", "cosine", "none"):
+        config = fake_config(window=5, overlap=2, blend=mode)
+        backend = FakeBackend(config, target="window")
+        render_offline(make_scheduler(backend, config), np.zeros(RATE, np.float32))
+        outputs.append(torch.stack([latent.mean() for latent in backend.decoded]))
+    assert not torch.allclose(outputs[0], outputs[1])
+    assert not torch.allclose(outputs[0], outputs[2])
+    assert not torch.allclose(outputs[1], outputs[2])
+
+
+def test_noisy_overlap_is_the_tail_renoised_at_every_step_but_the_last() -> None:
+    config = fake_config(window=4, overlap=2)
+    backend = FakeBackend(config, target="window")
+    render_offline(make_scheduler(backend, config, seed=7), np.zeros(RATE, np.float32))
+    sigmas = FlowSampler(config.sampler).sigmas(config.scheduler.steps)
+    steps, O, S = len(sigmas), 2, 2
+    for k in range(1, backend.calls // steps):
+        start = k * S - O
+        for j, sigma in enumerate(sigmas[:-1]):
+            x = backend.dit_inputs[k * steps + j]
+            for i in range(O):
+                noise = torch.randn(
+                    4, 2, 2, generator=torch.Generator().manual_seed(noise_seed(7, start + i, j))
+                )
+                want = (1 - sigma) * (k - 1) + sigma * noise
+                torch.testing.assert_close(x[0, :, i], want, atol=1e-5, rtol=0)
+        last = backend.dit_inputs[k * steps + steps - 1][0, :, :O]
+        renoised = (1 - sigmas[-1]) * (k - 1)
+        assert not torch.allclose(last, torch.full_like(last, renoised), atol=1e-3)
+
+
+def test_live_idle_for_ten_seconds_yields_250_frames() -> None:
+    config = fake_config()
+    clock = VirtualClock()
+    sched = make_scheduler(FakeBackend(config), config, clock=clock)
+    delay = config.scheduler.playout_delay_ms / 1000
+    frames = run_live(sched, clock, until=delay + 10.0)
+    assert len(frames) == 250
+    assert [f.index for f in frames] == list(range(250))
+    assert not any(f.repeated for f in frames), "idle frames must be generated in time"
+    assert all(energy(f) == 0 for f in frames)
+
+
+def _speech_then_loud(quiet_s: float, loud_s: float) -> np.ndarray:
+    return np.concatenate([tone(quiet_s, 0.1), tone(loud_s, 0.9)])
+
+
+def test_interrupt_drops_audio_and_video_after_the_cut() -> None:
+    config = fake_config()
+    audio = _speech_then_loud(1.5, 2.0)  # loud audio after 1.5 s is what the interrupt drops
+    delay = config.scheduler.playout_delay_ms / 1000
+    interrupt_at = delay + 1.0  # the play head is 1.0 s into the speech: quiet audio
+
+    clock = VirtualClock()
+    sched = make_scheduler(FakeBackend(config), config, clock=clock)
+    baseline = run_live(sched, clock, until=delay + 4.0, pushes=paced(audio))
+
+    clock = VirtualClock()
+    sched = make_scheduler(FakeBackend(config), config, clock=clock)
+    # The client stops pushing when it interrupts; 0.1 s of loud audio is queued by then.
+    pushes = [(t, chunk) for t, chunk in paced(audio) if t < interrupt_at]
+    frames = run_live(sched, clock, until=delay + 4.0, pushes=pushes, actions={interrupt_at: sched.interrupt})
+    play_head = int(round((interrupt_at - delay) * FPS))
+    cut = math.floor(play_head / 4) * 4 + 4  # first latent boundary after the play head
+    # Frames before the cut are the ones the uninterrupted run showed.
+    for a, b in zip(frames[:cut], baseline[:cut], strict=True):
+        assert np.array_equal(a.rgb, b.rgb)
+    # No frame after the cut shows energy from the dropped audio: the quiet speech's frames are
+    # about 18/255, the dropped loud audio's about 162/255; the first new latent blends towards 0.
+    quiet = max(energy(f) for f in baseline[:cut])
+    assert quiet < 30
+    assert all(energy(f) <= quiet for f in frames[cut:])
+    assert all(energy(f) == 0 for f in frames[cut + 4 :])
+    # Audio: nothing more than 200 ms past the play head carries speech.
+    for f in frames:
+        if f.pts > (play_head / FPS) + 0.2:
+            assert np.abs(f.audio).max() == 0.0, f"frame {f.index} still has audio"
+    events = sched.drain_events()
+    finished = [e for e in events if e.kind == "playback_finished"]
+    assert len(finished) == 1 and finished[0].interrupted
+    assert finished[0].playback_position == pytest.approx(1.0, abs=0.021)
+
+
+@pytest.mark.parametrize("budget_ms", [150, 500], ids=["no-rollback", "rollback-idle-frames"])
+def test_speech_after_idle_starts_within_one_latent_of_arrival(budget_ms: int) -> None:
+    config = fake_config(compute_budget_ms=budget_ms)
+    clock = VirtualClock()
+    sched = make_scheduler(FakeBackend(config), config, clock=clock)
+    arrival = 2.013
+    frames = run_live(sched, clock, until=5.0, pushes=paced(tone(1.0, 0.5), start=arrival))
+    speech_frames = [f for f in frames if f.segment_id is not None]
+    assert speech_frames, "speech never played"
+    first = speech_frames[0]
+    # Media position of arrival: audio arriving at t plays playout_delay later.
+    arrival_media = arrival
+    assert arrival_media - 1 / FPS <= first.pts <= arrival_media + 0.16
+    assert energy(first) > 0 or energy(frames[first.index + 1]) > 0
+    assert not any(f.repeated for f in frames)
+    started = [e for e in sched.drain_events() if e.kind == "playback_started"]
+    assert len(started) == 1
+
+
+def test_offline_playback_events_report_segment_duration() -> None:
+    config = fake_config()
+    sched = make_scheduler(FakeBackend(config), config)
+    render_offline(sched, tone(1.2))
+    events = sched.drain_events()
+    assert [e.kind for e in events] == ["playback_started", "playback_finished"]
+    assert events[1].playback_position == pytest.approx(1.2, abs=1e-3)
+    assert not events[1].interrupted
+
+
+def test_state_stays_bounded_over_a_long_live_run() -> None:
+    config = fake_config()
+    clock = VirtualClock()
+    sched = make_scheduler(FakeBackend(config), config, clock=clock)
+    run_live(sched, clock, until=20.0, pushes=paced(tone(15.0, 0.3), start=1.0), tick=0.1)
+    assert len(sched._snapshots) <= 4
+    assert len(sched.timeline.model.data) < 2 * RATE
+    assert len(sched._pending) <= 8
