@@ -119,7 +119,7 @@ class SchedulerConfig:
     fallback_steps: tuple[int, ...] = ()
     # Live: audio must arrive this long before a window's first frame is due, or silence is
     # inserted. It is the compute budget of one window.
-    compute_budget_ms: int = 200
+    compute_budget_ms: int = 150
     # Live: how far behind the arrival of speech its first frame is presented.
     playout_delay_ms: int = 600
     color_match: bool = False
@@ -159,6 +159,14 @@ class ModelConfig:
     def latent_width(self) -> int:
         return self.width // self.vae.spatial_factor
 
+    @property
+    def audio_wait_ms(self) -> float:
+        """How much audio past a window's first frame must be in before the window can run:
+        the window itself, then the look-ahead or the audio encoder's right context."""
+        a, s = self.audio, self.scheduler
+        context_ms = a.context_after_frames * 1000 / FPS + (a.n_fft - a.hop_length) * 1000 / a.sample_rate
+        return s.window * FRAMES_PER_LATENT * 1000 / FPS + max(s.lookahead_ms, context_ms)
+
     def validate(self) -> ModelConfig:
         """Reject geometry the models cannot run; returns self so it chains."""
         s = self.scheduler
@@ -173,6 +181,11 @@ class ModelConfig:
             (self.dit.audio_dim == self.audio.dim, "dit.audio_dim must equal audio.dim"),
             (self.dit.text_dim == self.text.dim, "dit.text_dim must equal text.dim"),
             (s.lookahead_ms >= self.audio.context_after_frames * 1000 // FPS, "scheduler.lookahead_ms"),
+            (
+                s.playout_delay_ms >= self.audio_wait_ms + s.compute_budget_ms,
+                f"scheduler.playout_delay_ms must cover the audio wait ({self.audio_wait_ms:.0f} ms) "
+                "plus compute_budget_ms",
+            ),
         ]
         for ok, what in checks:
             if not ok:

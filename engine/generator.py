@@ -39,7 +39,7 @@ class Conditioning:
     @classmethod
     def from_portrait(cls, backend: Backend, portrait: np.ndarray, prompt: str = "") -> Conditioning:
         """Encode a session's portrait (uint8 (H, W, 3) at the model's size) and prompt once."""
-        rgb = torch.from_numpy(portrait).float() / 255.0  # (H, W, 3)
+        rgb = torch.tensor(portrait, dtype=torch.float32) / 255.0  # (H, W, 3)
         frames = (rgb * 2.0 - 1.0).permute(2, 0, 1)[None, :, None]  # (1, 3, 1, H, W)
         reference = backend.vae_encoder(frames)
         return cls(

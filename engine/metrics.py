@@ -17,7 +17,8 @@ class SeamMeter:
     any ratio meaningless, so the two are reported together.
     """
 
-    def __init__(self, window_starts: set[int] | None = None) -> None:
+    def __init__(self, stride: int, window_starts: set[int] | None = None) -> None:
+        self.stride = stride
         self._previous: np.ndarray | None = None
         self._index = 0
         self._sums = {"window": [0.0, 0], "latent": [0.0, 0], "inner": [0.0, 0]}
@@ -47,7 +48,7 @@ class SeamMeter:
 
     def report(self) -> dict[str, float | str | None]:
         window = self._mean("window")
-        reference_kind = "latent" if self._sums["latent"][1] else "inner"
+        reference_kind = "latent" if self.stride > 1 else "inner"
         reference = self._mean(reference_kind)
         ratio = window / reference if window is not None and reference else None
         return {

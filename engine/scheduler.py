@@ -221,6 +221,16 @@ class Scheduler:
                 return None
             return self._deadline(self._state.start)
 
+    def next_release_time(self) -> float:
+        """Live: clock time at which the next frame is due."""
+        with self._lock:
+            return self._present(self._next_release)
+
+    def notify(self) -> None:
+        """Wake a worker blocked in ``wait_for_work`` (e.g. to stop it)."""
+        with self._wake:
+            self._wake.notify_all()
+
     def wait_for_work(self, timeout: float) -> None:
         """Block the worker until audio, an interrupt or a release arrives, or ``timeout`` s."""
         with self._wake:
@@ -352,15 +362,15 @@ class Scheduler:
 
     def _place_new_speech(self) -> None:
         """Live: a new utterance starts where audio arriving now plays ``playout_delay`` later,
-        or after speech still queued. Inserted silence beyond that point is revoked; idle frames
-        already generated beyond it are rolled back at the next latent boundary."""
+        or after speech still queued. Silence inserted beyond that point is revoked.
+
+        Idle windows are generated at their deadlines, so with a valid config (playout delay >=
+        audio wait + compute budget) no idle frame exists past the arrival point and speech never
+        waits behind a silence buffer; should generation be ahead anyway, speech follows it.
+        """
         arrival = max(int((self._now() - self._start) * MODEL_SAMPLE_RATE), 0)
-        place = max(arrival, self.timeline.speech_end)
         generated = max(self._state.start, 0) * SAMPLES_PER_LATENT
-        if place < generated:
-            boundary = math.ceil(place / SAMPLES_PER_LATENT)
-            self._rollback(boundary)
-            place = max(self._state.start, 0) * SAMPLES_PER_LATENT
+        place = max(arrival, self.timeline.speech_end, generated)
         if self.timeline.end > place:
             self.timeline.truncate(place)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -15,14 +16,23 @@ SIZE = 16  # pixels; the fakes ignore the VAE and work at any size
 def fake_config(**scheduler: object) -> ModelConfig:
     """The tiny preset's audio and text settings on a 16x16 canvas with 4 latent channels."""
     tiny = get_preset("tiny")
-    return dataclasses.replace(
+    config = dataclasses.replace(
         tiny,
         height=SIZE,
         width=SIZE,
         vae=dataclasses.replace(tiny.vae, latent_channels=4),
         dit=dataclasses.replace(tiny.dit, latent_channels=4),
         scheduler=dataclasses.replace(SchedulerConfig(), **scheduler),
-    ).validate()
+    )
+    if "playout_delay_ms" not in scheduler:  # larger windows need a longer delay
+        delay = max(
+            config.scheduler.playout_delay_ms,
+            math.ceil(config.audio_wait_ms) + config.scheduler.compute_budget_ms,
+        )
+        config = dataclasses.replace(
+            config, scheduler=dataclasses.replace(config.scheduler, playout_delay_ms=delay)
+        )
+    return config.validate()
 
 
 class FakeBackend(Backend):

@@ -1,0 +1,74 @@
+"""Weights on disk: ``config.json`` + ``model.safetensors`` in one directory.
+
+Loading is strict: a checkpoint that does not match the model exactly is an error that lists
+the missing and unexpected keys, because a silently half-loaded model renders plausible garbage.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from engine.config import ModelConfig, get_preset
+from engine.models.livehuman import LiveHumanModel
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class WeightsError(ValueError):
+    """A checkpoint that cannot be loaded; the message is one line naming the file."""
+
+
+def save_model(model: LiveHumanModel, directory: str | Path) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save(directory / CONFIG_NAME)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_NAME))
+
+
+def load_model(directory: str | Path) -> LiveHumanModel:
+    directory = Path(directory)
+    config = ModelConfig.load(directory / CONFIG_NAME)
+    model = LiveHumanModel(config)
+    path = directory / WEIGHTS_NAME
+    try:
+        state = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise WeightsError(f"weights file '{path}': cannot be read ({exc})") from exc
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise WeightsError(
+            f"weights file '{path}' does not match config '{config.name}': "
+            f"missing {_short(missing)}; unexpected {_short(unexpected)}"
+        )
+    bad = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if bad:
+        raise WeightsError(f"weights file '{path}': wrong shapes for {_short(bad)}")
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def resolve_model(preset: str) -> LiveHumanModel:
+    """``preset`` is a directory with weights, or a preset name (deterministic random weights)."""
+    path = Path(preset)
+    if path.is_dir():
+        return load_model(path)
+    config = get_preset(preset)
+    log.info("preset %s: deterministic random weights (no checkpoint given)", preset)
+    return LiveHumanModel.random(config)
+
+
+def _short(keys: list[str], limit: int = 6) -> str:
+    if not keys:
+        return "none"
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
