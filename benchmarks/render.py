@@ -49,8 +49,8 @@ def latency_budget_ms(config) -> dict[str, float]:  # noqa: ANN001
     s = config.scheduler
     latent_ms = SAMPLES_PER_LATENT / 16.0
     return {
-        "first_frame_audio_wait_ms": s.window * latent_ms + s.lookahead_ms,
-        "last_frame_audio_wait_ms": s.overlap * latent_ms + s.lookahead_ms,
+        "first_frame_audio_wait_ms": config.audio_wait_ms,
+        "last_frame_audio_wait_ms": config.audio_wait_ms - s.stride * latent_ms,
         "compute_budget_ms": s.compute_budget_ms,
         "playout_delay_ms": s.playout_delay_ms,
     }

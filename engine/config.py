@@ -240,7 +240,7 @@ def _tiny() -> ModelConfig:
         width=128,
         vae=VAEConfig(latent_channels=8, base_channels=32, channel_mults=(1, 2, 4, 4), num_res_blocks=1),
         dit=DiTConfig(
-            latent_channels=8, dim=256, ffn_dim=768, num_heads=4, num_layers=4, text_dim=64, audio_dim=128
+            latent_channels=8, dim=192, ffn_dim=576, num_heads=3, num_layers=4, text_dim=64, audio_dim=128
         ),
         audio=AudioConfig(dim=128, num_layers=2),
         text=TextConfig(dim=64),

@@ -153,6 +153,10 @@ class Scheduler:
                 if self.live:
                     self._place_new_speech()
                 self._segments[self._open_segment] = _Segment(self.timeline.end, self.timeline.end)
+            elif self.live and self.timeline.ends_in_silence:
+                # The stream stalled past a deadline: resume where audio arriving now belongs,
+                # after the inserted silence, with the full jitter margin again.
+                self._place_new_speech()
             segment = self._open_segment
             self.timeline.push(samples, sample_rate, segment)
             self._segments[segment].end = self.timeline.end
@@ -160,9 +164,14 @@ class Scheduler:
             return segment
 
     def end_segment(self) -> None:
-        """End of an utterance: the next push starts a new segment (placed anew when live)."""
+        """End of an utterance: the next push starts a new segment (placed anew when live).
+        Its ``playback_finished`` fires once its last frame has been released."""
         with self._lock:
-            self._open_segment = None
+            segment, self._open_segment = self._open_segment, None
+            seg = self._segments.get(segment) if segment is not None else None
+            played = seg is not None and self._next_release * SAMPLES_PER_FRAME >= seg.end
+            if played and seg.started and not seg.finished:
+                self._finish_played(segment)
 
     def end_input(self) -> None:
         """Offline: no more audio. The output is trimmed to round(seconds * 25) frames."""
@@ -416,10 +425,11 @@ class Scheduler:
 
     def _track_playback(self, segment: int | None) -> None:
         previous = self._released_segment
-        if previous is not None and previous != segment:
+        # A segment still open may only be pausing (audio stalled): it finishes once closed.
+        if previous is not None and previous != segment and previous != self._open_segment:
             seg = self._segments.get(previous)
             if seg is not None and not seg.finished:
-                self._finish_segment(previous, (seg.end - seg.start) / MODEL_SAMPLE_RATE, False)
+                self._finish_played(previous)
         if segment is not None:
             seg = self._segments.get(segment)
             if seg is not None and not seg.started:
@@ -431,10 +441,15 @@ class Scheduler:
         self._segments[segment].finished = True
         self.events.append(PlaybackEvent("playback_finished", segment, position, interrupted))
 
+    def _finish_played(self, segment: int) -> None:
+        """The segment played to its end: its position is its whole duration."""
+        seg = self._segments[segment]
+        self._finish_segment(segment, (seg.end - seg.start) / MODEL_SAMPLE_RATE, interrupted=False)
+
     def _close_segments(self) -> None:
         for segment_id, seg in self._segments.items():
             if seg.started and not seg.finished:
-                self._finish_segment(segment_id, (seg.end - seg.start) / MODEL_SAMPLE_RATE, False)
+                self._finish_played(segment_id)
 
     def _forget_played(self) -> None:
         """Bounded state: drop snapshots, segments and audio that can no longer be needed."""

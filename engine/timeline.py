@@ -85,6 +85,11 @@ class Timeline:
                 return stop
         return 0
 
+    @property
+    def ends_in_silence(self) -> bool:
+        """True when the last stretch of the timeline is inserted silence."""
+        return bool(self._spans) and self._spans[-1][2] is None
+
     def push(self, samples: np.ndarray, sample_rate: int, segment_id: int | None) -> None:
         """Append mono float32 audio at its own rate."""
         if sample_rate != self._rate:

@@ -117,3 +117,23 @@ def test_console_script_reports_errors_without_traceback(tmp_path) -> None:  # n
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_render_loads_a_model_directory(tmp_path) -> None:  # noqa: ANN001
+    from engine.config import get_preset
+    from engine.models.livehuman import LiveHumanModel
+    from engine.weights import save_model
+
+    save_model(LiveHumanModel.random(get_preset("tiny"), seed=1), tmp_path / "model")
+    audio = write_wav(tmp_path / "in.wav", 0.4)
+    args = [
+        "render",
+        "--image",
+        str(ASSETS / "portrait.png"),
+        "--audio",
+        str(audio),
+        "--out",
+        str(tmp_path / "o.mp4"),
+    ]
+    assert main([*args, "--preset", str(tmp_path / "model"), "--steps", "1"]) == 0
+    assert probe(tmp_path / "o.mp4")[0] == 10

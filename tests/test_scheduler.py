@@ -230,3 +230,38 @@ def test_state_stays_bounded_over_a_long_live_run() -> None:
     assert len(sched._snapshots) <= 4
     assert len(sched.timeline.model.data) < 2 * RATE
     assert len(sched._pending) <= 8
+
+
+def test_jitter_within_the_deadline_is_not_silence() -> None:
+    config = fake_config()
+    audio = tone(2.0, 0.4)
+    offline = render_offline(make_scheduler(FakeBackend(config), config), audio, chunk=320)
+    clock = VirtualClock()
+    sched = make_scheduler(FakeBackend(config), config, clock=clock)
+    # Packets arrive up to 20 ms late (the first one on time, as it anchors the utterance); the
+    # defaults leave playout_delay - audio wait - compute budget = 35 ms of slack.
+    # A WebSocket never reorders packets, so arrival times are made non-decreasing.
+    pushes, latest = [], 0.0
+    for i, (t, chunk) in enumerate(paced(audio)):
+        latest = max(latest, t + (0.01 * (i % 3) if i else 0.0))
+        pushes.append((latest, chunk))
+    delay = config.scheduler.playout_delay_ms / 1000
+    live = run_live(sched, clock, until=delay + 2.0, pushes=pushes, tick=0.01)
+    speech = round(2.0 * FPS) - 4
+    assert [energy(f) for f in live[:speech]] == [energy(f) for f in offline[:speech]]
+    assert not any(f.repeated for f in live)
+
+
+def test_audio_that_misses_its_deadline_goes_after_inserted_silence() -> None:
+    config = fake_config()
+    audio = tone(2.0, 0.4)
+    pushes = [(t if t < 1.0 else t + 1.0, chunk) for t, chunk in paced(audio)]  # a 1 s stall at 1.0 s
+    clock = VirtualClock()
+    sched = make_scheduler(FakeBackend(config), config, clock=clock)
+    frames = run_live(sched, clock, until=4.5, pushes=pushes)
+    assert sched.stats.silence_inserted_s > 0.5
+    loud = [f.index for f in frames if energy(f) > 0]
+    gaps = [b - a for a, b in zip(loud, loud[1:], strict=False) if b - a > 1]
+    assert len(gaps) == 1 and gaps[0] >= 0.5 * FPS, "one silent gap where the stall was"
+    assert abs(len(loud) - 2.0 * FPS) <= 4, "no speech is lost: it plays after the gap"
+    assert all(f.segment_id == 1 for f in frames if energy(f) > 0)

@@ -1,0 +1,49 @@
+"""safetensors + config.json round trip, strict loading, and loading a model dir from the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.config import get_preset
+from engine.models.livehuman import LiveHumanModel
+from engine.weights import WEIGHTS_NAME, WeightsError, load_model, save_model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> tuple:  # noqa: ANN001
+    directory = tmp_path_factory.mktemp("model")
+    model = LiveHumanModel.random(get_preset("tiny"), seed=3)
+    save_model(model, directory)
+    return model, directory
+
+
+def test_round_trip_is_exact(saved) -> None:  # noqa: ANN001
+    model, directory = saved
+    loaded = load_model(directory)
+    assert loaded.config == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert json.loads((directory / "config.json").read_text())["name"] == "tiny"
+
+
+def test_strict_loading_lists_missing_and_unexpected_keys(saved, tmp_path) -> None:  # noqa: ANN001
+    _, directory = saved
+    state = load_file(str(directory / WEIGHTS_NAME))
+    state.pop("dit.head.head.weight")
+    state["dit.extra.weight"] = torch.zeros(1)
+    (tmp_path / "config.json").write_text((directory / "config.json").read_text())
+    save_file(state, str(tmp_path / WEIGHTS_NAME))
+    with pytest.raises(WeightsError, match="missing dit.head.head.weight; unexpected dit.extra.weight"):
+        load_model(tmp_path)
+
+
+def test_truncated_weights_name_the_file(saved, tmp_path) -> None:  # noqa: ANN001
+    _, directory = saved
+    (tmp_path / "config.json").write_text((directory / "config.json").read_text())
+    (tmp_path / WEIGHTS_NAME).write_bytes((directory / WEIGHTS_NAME).read_bytes()[:1000])
+    with pytest.raises(WeightsError, match=WEIGHTS_NAME):
+        load_model(tmp_path)
