@@ -1,0 +1,215 @@
+"""One live avatar session: a scheduler on its own worker, one media clock, fan-out to outputs.
+
+Every output (the shared WebRTC encoder, an RTMP push, a stats probe) subscribes and gets the
+same frames, already paced by the session clock, through its own bounded queue: a slow output
+loses its oldest frames (counted) and never holds back the others or the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from engine.clock import Clock, MonotonicClock
+from engine.config import ModelConfig
+from engine.generator import Conditioning
+from engine.runtime.base import Backend
+from engine.scheduler import OutputFrame, PlaybackEvent, Scheduler
+from engine.worker import SchedulerWorker
+
+log = logging.getLogger(__name__)
+
+FrameHook = Callable[[OutputFrame], OutputFrame]
+EventListener = Callable[[PlaybackEvent], None]
+
+
+class EndOfStream:
+    """Typed end-of-stream marker put on a subscription when its session closes."""
+
+
+END_OF_STREAM: Final = EndOfStream()
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    prompt: str = ""
+    seed: int = 0
+
+
+class Subscription:
+    """An output's view of the session: ``async for frame in subscription``."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._queue: asyncio.Queue[OutputFrame | EndOfStream] = asyncio.Queue(maxsize)
+        self.dropped = 0
+        self.closed = False
+
+    def put(self, item: OutputFrame | EndOfStream) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(item)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> OutputFrame:
+        if self.closed:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, EndOfStream):
+            self.closed = True
+            raise StopAsyncIteration
+        return item
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+
+class Session:
+    """Create with ``await Session.create(...)``: encoding the portrait is a model call, and no
+    model call runs on the event loop."""
+
+    def __init__(
+        self,
+        session_id: str,
+        backend: Backend,
+        config: ModelConfig,
+        portrait: np.ndarray,
+        conditioning: Conditioning,
+        options: SessionOptions,
+        clock: Clock,
+    ) -> None:
+        self.id = session_id
+        self.config = config
+        self.options = options
+        self.portrait = portrait
+        self.clock = clock
+        self.scheduler = Scheduler(
+            backend, conditioning, config, seed=options.seed, clock=clock, portrait=portrait
+        )
+        self.worker = SchedulerWorker(self.scheduler, name=f"session-{session_id}")
+        self.frame_hooks: list[FrameHook] = []
+        self._subscriptions: set[Subscription] = set()
+        self._listeners: list[EventListener] = []
+        self._pump: asyncio.Task[None] | None = None
+        self._closed = False
+        self.last_frame: OutputFrame | None = None
+
+    @classmethod
+    async def create(
+        cls,
+        session_id: str,
+        backend: Backend,
+        config: ModelConfig,
+        portrait: np.ndarray,
+        options: SessionOptions | None = None,
+        clock: Clock | None = None,
+    ) -> Session:
+        options = options or SessionOptions()
+        conditioning = await asyncio.to_thread(Conditioning.from_portrait, backend, portrait, options.prompt)
+        session = cls(session_id, backend, config, portrait, conditioning, options, clock or MonotonicClock())
+        session.worker.start()
+        session._pump = asyncio.create_task(session._run(), name=f"session-{session_id}-pump")
+        return session
+
+    @property
+    def width(self) -> int:
+        return self.config.width
+
+    @property
+    def height(self) -> int:
+        return self.config.height
+
+    # --- audio in, control -----------------------------------------------------------------------
+    def push_audio(self, samples: np.ndarray, sample_rate: int) -> int:
+        """Queue mono float32 speech at its own rate; returns its segment id."""
+        return self.scheduler.push_audio(samples, sample_rate)
+
+    def end_segment(self) -> None:
+        self.scheduler.end_segment()
+
+    def interrupt(self) -> None:
+        self.scheduler.interrupt()
+
+    # --- outputs ---------------------------------------------------------------------------------
+    def subscribe(self, maxsize: int = 50) -> Subscription:
+        """Frames from now on; ``maxsize`` frames (2 s) of slack before the oldest are dropped."""
+        subscription = Subscription(maxsize)
+        if self._closed:
+            subscription.put(END_OF_STREAM)
+        else:
+            self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    def add_listener(self, listener: EventListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: EventListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscriptions)
+
+    async def _run(self) -> None:
+        try:
+            async for frame in self.worker.frames():
+                for hook in self.frame_hooks:
+                    frame = hook(frame)
+                self.last_frame = frame
+                for subscription in list(self._subscriptions):
+                    subscription.put(frame)
+                for event in self.scheduler.drain_events():
+                    self._dispatch(event)
+        except Exception:
+            log.exception("session %s: frame pump failed", self.id)
+        finally:
+            for subscription in self._subscriptions:
+                subscription.put(END_OF_STREAM)
+            self._subscriptions.clear()
+
+    def _dispatch(self, event: PlaybackEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("session %s: event listener failed", self.id)
+
+    async def close(self) -> None:
+        """Stop generating and end every subscription; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.worker.stop()
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+        for subscription in self._subscriptions:
+            subscription.put(END_OF_STREAM)
+        self._subscriptions.clear()
+        self._listeners.clear()
+
+    def stats(self) -> dict[str, float | int]:
+        s = self.scheduler.stats
+        return {
+            "frames": s.frames_released,
+            "windows": s.windows,
+            "repeated": s.repeated,
+            "dropped": s.dropped,
+            "silence_inserted_s": round(s.silence_inserted_s, 3),
+            "subscribers": self.subscribers,
+            "queue_depth": max((sub.depth for sub in self._subscriptions), default=0),
+        }
