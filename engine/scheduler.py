@@ -115,7 +115,8 @@ class Scheduler:
         self.generator = WindowGenerator(backend, conditioning, config, seed)
         self.timeline = Timeline()
         self.stats = SchedulerStats()
-        self.records: list[WindowRecord] = []
+        # Live sessions run for hours: keep the recent windows only (metrics read them).
+        self.records: deque[WindowRecord] = deque(maxlen=None if clock is None else 1000)
         self.events: deque[PlaybackEvent] = deque()
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
@@ -135,6 +136,7 @@ class Scheduler:
         self._next_segment_id = 1
         self._released_segment: int | None = None
         self._step_ms: dict[int, float] = {}  # measured window compute per step count
+        self._pending_cut: int | None = None
         self._start = clock.now() if clock is not None else 0.0
         self._t0 = self._start + self.sched.playout_delay_ms / 1000.0
 
@@ -197,9 +199,11 @@ class Scheduler:
                 position = min(max(mute_from, seg.start), seg.end) - seg.start
                 self._finish_segment(segment, position / MODEL_SAMPLE_RATE, interrupted=True)
             self.timeline.mute(mute_from, cut * SAMPLES_PER_LATENT)
-            if cut < self._state.start:
-                self._rollback(cut)
             self.timeline.truncate(cut * SAMPLES_PER_LATENT)
+            # A window may be computing right now over the dropped audio: the cut is applied
+            # again once its output is in (see _accept).
+            self._pending_cut = cut
+            self._apply_cut()
             self._open_segment = None
             self._wake.notify_all()
 
@@ -347,6 +351,7 @@ class Scheduler:
             self._snapshots[boundary.start] = boundary
         if out.boundaries:
             self._state = out.boundaries[-1]
+            self._apply_cut()
         if out.steps:
             self.stats.windows += 1
             self.stats.steps_used[out.steps] = self.stats.steps_used.get(out.steps, 0) + 1
@@ -356,6 +361,18 @@ class Scheduler:
         self.records.append(
             WindowRecord(out.start, out.steps, len(out.frames), out.timings_ms, began, self._now())
         )
+
+    def _apply_cut(self) -> None:
+        """Once generation has reached a pending interrupt cut, resume from the cut with the
+        state the viewer watched (see GeneratorState.resumed)."""
+        cut = self._pending_cut
+        if cut is None or cut > self._state.start:
+            return
+        self._pending_cut = None
+        if cut < self._state.start:
+            self._rollback(cut)
+        else:
+            self._state = self._state.resumed()
 
     def _rollback(self, boundary: int) -> None:
         """Restore the snapshot at a latent boundary and forget every frame generated after it."""
@@ -456,7 +473,9 @@ class Scheduler:
         played_latents = self._next_release // FRAMES_PER_LATENT
         self._snapshots = {b: s for b, s in self._snapshots.items() if b >= played_latents}
         first_frame, _ = self.generator.audio_span(self._state.start)
-        keep_from = min(self._next_release, first_frame) * SAMPLES_PER_FRAME
+        # A rollback restarts at most one latent before the play head's next boundary, and its
+        # window reads audio history before that: keep a second of margin.
+        keep_from = (min(self._next_release, first_frame) - FPS) * SAMPLES_PER_FRAME
         self.timeline.trim(keep_from)
         for segment_id in [k for k, s in self._segments.items() if s.finished and s.end < keep_from]:
             del self._segments[segment_id]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -49,6 +50,7 @@ class FakeBackend(Backend):
         self.dit_inputs: list[torch.Tensor] = []
         self.decoded: list[torch.Tensor] = []
         self.threads: set[str] = set()
+        self.on_dit: Callable[[], bool] | None = None  # runs inside dit_step until it returns True
 
     def audio_encoder(self, samples: torch.Tensor) -> torch.Tensor:
         frames = (
@@ -62,6 +64,8 @@ class FakeBackend(Backend):
         import threading
 
         self.threads.add(threading.current_thread().name)
+        if self.on_dit is not None and self.on_dit():
+            self.on_dit = None
         steps = self.config.scheduler.steps
         window_index = self.calls // steps
         self.calls += 1

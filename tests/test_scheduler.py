@@ -48,7 +48,8 @@ def run_live(  # noqa: ANN201
     rate=RATE,  # noqa: ANN001
 ):
     """Advance virtual time in ticks: push what is due, let the worker catch up, release frames."""
-    pushes, actions = list(pushes), dict(actions or {})
+    pushes = pushes if isinstance(pushes, list) else list(pushes)  # a test may clear it mid-run
+    actions = dict(actions or {})
     frames = []
     while clock.now() < until - 1e-9:
         while pushes and pushes[0][0] <= clock.now() + 1e-9:
@@ -158,7 +159,8 @@ def _speech_then_loud(quiet_s: float, loud_s: float) -> np.ndarray:
     return np.concatenate([tone(quiet_s, 0.1), tone(loud_s, 0.9)])
 
 
-def test_interrupt_drops_audio_and_video_after_the_cut() -> None:
+@pytest.mark.parametrize("during_window", [False, True], ids=["between-windows", "while-a-window-computes"])
+def test_interrupt_drops_audio_and_video_after_the_cut(during_window: bool) -> None:
     config = fake_config()
     audio = _speech_then_loud(1.5, 2.0)  # loud audio after 1.5 s is what the interrupt drops
     delay = config.scheduler.playout_delay_ms / 1000
@@ -169,10 +171,27 @@ def test_interrupt_drops_audio_and_video_after_the_cut() -> None:
     baseline = run_live(sched, clock, until=delay + 4.0, pushes=paced(audio))
 
     clock = VirtualClock()
-    sched = make_scheduler(FakeBackend(config), config, clock=clock)
+    backend = FakeBackend(config)
+    sched = make_scheduler(backend, config, clock=clock)
+    actions, fired = {}, []
+
+    def interrupt_inside_model_call() -> bool:
+        if clock.now() < interrupt_at - 1e-9:
+            return False
+        fired.append(clock.now())
+        sched.interrupt()
+        return True
+
+    if during_window:  # the interrupt lands inside the first model call at or after its time
+        backend.on_dit = interrupt_inside_model_call
+    else:
+        actions = {interrupt_at: sched.interrupt}
     # The client stops pushing when it interrupts; 0.1 s of loud audio is queued by then.
     pushes = [(t, chunk) for t, chunk in paced(audio) if t < interrupt_at]
-    frames = run_live(sched, clock, until=delay + 4.0, pushes=pushes, actions={interrupt_at: sched.interrupt})
+    frames = run_live(sched, clock, until=delay + 4.0, pushes=pushes, actions=actions)
+    if during_window:
+        assert fired, "the interrupt never fired inside a model call"
+        interrupt_at = fired[0]
     play_head = int(round((interrupt_at - delay) * FPS))
     cut = math.floor(play_head / 4) * 4 + 4  # first latent boundary after the play head
     # Frames before the cut are the ones the uninterrupted run showed.
@@ -191,7 +210,7 @@ def test_interrupt_drops_audio_and_video_after_the_cut() -> None:
     events = sched.drain_events()
     finished = [e for e in events if e.kind == "playback_finished"]
     assert len(finished) == 1 and finished[0].interrupted
-    assert finished[0].playback_position == pytest.approx(1.0, abs=0.021)
+    assert finished[0].playback_position == pytest.approx(interrupt_at - delay, abs=0.021)
 
 
 def test_speech_after_idle_starts_within_one_latent_of_arrival() -> None:
@@ -265,3 +284,35 @@ def test_audio_that_misses_its_deadline_goes_after_inserted_silence() -> None:
     assert len(gaps) == 1 and gaps[0] >= 0.5 * FPS, "one silent gap where the stall was"
     assert abs(len(loud) - 2.0 * FPS) <= 4, "no speech is lost: it plays after the gap"
     assert all(f.segment_id == 1 for f in frames if energy(f) > 0)
+
+
+def test_an_interrupt_while_a_slow_window_computes_still_cuts_its_frames() -> None:
+    """The model is slow: the play head reaches the window being computed, the user interrupts,
+    and that window's frames past the cut must never be shown."""
+    config = fake_config(window=5, overlap=2)  # a window emits 3 latents
+    clock = VirtualClock()
+    backend = FakeBackend(config)
+    sched = make_scheduler(backend, config, clock=clock)
+    t = np.arange(4 * RATE) / RATE
+    rising = (0.05 + 0.2 * t) * np.sin(2 * np.pi * 220 * t)  # later audio is always louder
+    pushes = paced(rising.astype(np.float32))
+    cut = []
+
+    def slow_model_then_interrupt() -> bool:
+        start = sched._state.start  # the window being computed
+        if start < 6:
+            return False
+        clock.set(sched._present(4 * (start + 1)) + 0.01)  # the play head is inside latent start+1
+        pushes.clear()
+        sched.interrupt()
+        cut.append(start + 2)
+        return True
+
+    backend.on_dit = slow_model_then_interrupt
+    frames = run_live(sched, clock, until=8.0, pushes=pushes)
+    assert cut, "the interrupt never fired"
+    first_cut_frame = 4 * cut[0]
+    watched = energy(frames[first_cut_frame - 1])
+    assert watched > 10
+    assert all(energy(f) <= watched for f in frames[first_cut_frame:])
+    assert all(energy(f) == 0 for f in frames[first_cut_frame + 4 * 2 :])
