@@ -78,10 +78,30 @@ class WindowRecord:
 
 @dataclass
 class _Segment:
-    start: int  # model samples
-    end: int
+    """One utterance's stretches of the timeline (more than one if its stream stalled)."""
+
+    spans: list[list[int]]  # [start, end) in model samples, in order
     started: bool = False
     finished: bool = False
+
+    @property
+    def end(self) -> int:
+        return self.spans[-1][1]
+
+    def extend(self, start: int, end: int) -> None:
+        if self.spans[-1][1] == start:
+            self.spans[-1][1] = end
+        else:
+            self.spans.append([start, end])
+
+    def seconds_before(self, position: int) -> float:
+        """Seconds of this segment's own audio before a timeline position (gaps excluded)."""
+        played = sum(max(min(b, position) - a, 0) for a, b in self.spans)
+        return played / MODEL_SAMPLE_RATE
+
+    @property
+    def duration(self) -> float:
+        return self.seconds_before(self.end)
 
 
 @dataclass
@@ -154,14 +174,15 @@ class Scheduler:
                 self._next_segment_id += 1
                 if self.live:
                     self._place_new_speech()
-                self._segments[self._open_segment] = _Segment(self.timeline.end, self.timeline.end)
+                self._segments[self._open_segment] = _Segment([[self.timeline.end, self.timeline.end]])
             elif self.live and self.timeline.ends_in_silence:
                 # The stream stalled past a deadline: resume where audio arriving now belongs,
                 # after the inserted silence, with the full jitter margin again.
                 self._place_new_speech()
             segment = self._open_segment
+            start = self.timeline.end
             self.timeline.push(samples, sample_rate, segment)
-            self._segments[segment].end = self.timeline.end
+            self._segments[segment].extend(start, self.timeline.end)
             self._wake.notify_all()
             return segment
 
@@ -195,9 +216,8 @@ class Scheduler:
             if segment is None:
                 segment = self._open_segment
             if segment is not None and not self._segments[segment].finished:
-                seg = self._segments[segment]
-                position = min(max(mute_from, seg.start), seg.end) - seg.start
-                self._finish_segment(segment, position / MODEL_SAMPLE_RATE, interrupted=True)
+                position = self._segments[segment].seconds_before(mute_from)
+                self._finish_segment(segment, position, interrupted=True)
             self.timeline.mute(mute_from, cut * SAMPLES_PER_LATENT)
             self.timeline.truncate(cut * SAMPLES_PER_LATENT)
             # A window may be computing right now over the dropped audio: the cut is applied
@@ -461,7 +481,7 @@ class Scheduler:
     def _finish_played(self, segment: int) -> None:
         """The segment played to its end: its position is its whole duration."""
         seg = self._segments[segment]
-        self._finish_segment(segment, (seg.end - seg.start) / MODEL_SAMPLE_RATE, interrupted=False)
+        self._finish_segment(segment, seg.duration, interrupted=False)
 
     def _close_segments(self) -> None:
         for segment_id, seg in self._segments.items():

@@ -277,13 +277,17 @@ def test_audio_that_misses_its_deadline_goes_after_inserted_silence() -> None:
     pushes = [(t if t < 1.0 else t + 1.0, chunk) for t, chunk in paced(audio)]  # a 1 s stall at 1.0 s
     clock = VirtualClock()
     sched = make_scheduler(FakeBackend(config), config, clock=clock)
-    frames = run_live(sched, clock, until=4.5, pushes=pushes)
+    frames = run_live(sched, clock, until=4.5, pushes=pushes, actions={4.2: sched.end_segment})
     assert sched.stats.silence_inserted_s > 0.5
     loud = [f.index for f in frames if energy(f) > 0]
     gaps = [b - a for a, b in zip(loud, loud[1:], strict=False) if b - a > 1]
     assert len(gaps) == 1 and gaps[0] >= 0.5 * FPS, "one silent gap where the stall was"
     assert abs(len(loud) - 2.0 * FPS) <= 4, "no speech is lost: it plays after the gap"
     assert all(f.segment_id == 1 for f in frames if energy(f) > 0)
+    finished = [e for e in sched.drain_events() if e.kind == "playback_finished"]
+    assert len(finished) == 1 and finished[0].playback_position == pytest.approx(2.0, abs=1e-3), (
+        "gap excluded"
+    )
 
 
 def test_an_interrupt_while_a_slow_window_computes_still_cuts_its_frames() -> None:
