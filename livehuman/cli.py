@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+import stream.cli
 from engine.config import ConfigError
 from engine.media import MediaError
 from engine.weights import WeightsError
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--blend", choices=("linear", "cosine", "none"), help="overlap blend")
     render.add_argument("--report", help="write a JSON report here")
     render.set_defaults(handler=_render)
+    stream.cli.add_commands(commands)
     return parser
 
 

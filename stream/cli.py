@@ -1,0 +1,156 @@
+"""``livehuman serve`` (the live server, same as ``python server.py``) and ``livehuman speak``
+(stream an audio file into a session in real time, as a voice agent would)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from engine.config import MODEL_SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "LIVEHUMAN_TOKEN"
+PACKET_S = 0.02  # one 20 ms packet, as a telephony or agent pipeline sends them
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser("serve", help="run the live server (HTTP API, audio WebSocket, WHEP)")
+    add_serve_arguments(serve)
+    serve.set_defaults(handler=serve_command)
+
+    speak = subparsers.add_parser("speak", help="stream an audio file into a live session in real time")
+    speak.add_argument(
+        "--session", required=True, help="session URL (http://HOST/v1/sessions/ID) or its audio URL"
+    )
+    speak.add_argument("--audio", required=True, help="speech (wav, mp3, flac, ogg)")
+    speak.set_defaults(handler=speak_command)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--preset", default="tiny", help="preset name or a model directory")
+    parser.add_argument("--max-sessions", type=int, default=4, help="concurrent sessions before 503")
+    parser.add_argument(
+        "--idle-timeout", type=float, default=120.0, help="close idle sessions after S seconds"
+    )
+    from stream.webrtc import WebRtcOptions  # aiortc loads only when serving
+
+    WebRtcOptions.add_arguments(parser)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Load the model (before the loop starts, so the first session is not waiting on it) and serve
+    until interrupted. Bearer-token auth is on when ``LIVEHUMAN_TOKEN`` is set."""
+    from aiohttp import web
+
+    from engine.runtime.torch_backend import TorchBackend
+    from engine.weights import resolve_model
+    from stream.app import ServerConfig, build_app
+    from stream.sessions import SessionLimits
+
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        sessions=SessionLimits(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout),
+        token=os.environ.get(TOKEN_ENV) or None,
+        ice_hosts=tuple(args.ice_hosts),
+        ice_servers=tuple(args.ice_server),
+    )
+    backend = TorchBackend(resolve_model(args.preset))
+    log.info(
+        "model %s (%dx%d); auth %s",
+        backend.config.name,
+        backend.config.width,
+        backend.config.height,
+        "on" if config.token else f"off (set {TOKEN_ENV} to require a bearer token)",
+    )
+    web.run_app(build_app(config, backend), host=config.host, port=config.port, print=log.info)
+    return 0
+
+
+def speak_command(args: argparse.Namespace) -> int:
+    """Exit 0 once the utterance has played, 1 if the session ended first, 2 if the session could not
+    be reached or the server closed the connection (the reason is logged)."""
+    from websockets import WebSocketException
+
+    from engine.media import read_audio
+
+    decoded = read_audio(args.audio)
+    samples = _to_model_rate(decoded.mono(), decoded.sample_rate)
+    try:
+        events = asyncio.run(speak(args.session, samples, token=os.environ.get(TOKEN_ENV) or None))
+    except (OSError, TimeoutError, ValueError, WebSocketException) as exc:
+        log.error("speak: %s", " ".join(str(exc).split()) or type(exc).__name__)
+        return 2
+    if not any(e["type"] == "playback_finished" for e in events):
+        log.error("speak: the session closed before the speech had played")
+        return 1
+    return 0
+
+
+def audio_ws_url(url: str) -> str:
+    """The audio WebSocket URL for a session URL (http(s) -> ws(s), ``/audio`` appended)."""
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss"):
+        raise ValueError(f"session URL {url!r}: expected http(s):// or ws(s)://")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/audio"):
+        path += "/audio"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+async def speak(url: str, samples: np.ndarray, token: str | None = None) -> list[dict]:
+    """Send 16 kHz mono float32 speech in 20 ms PCM16 packets paced in real time, then
+    ``end_of_speech``; returns the playback events, ending with the utterance's ``playback_finished``."""
+    from websockets.asyncio.client import connect
+
+    packet = round(MODEL_SAMPLE_RATE * PACKET_S)
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    events: list[dict] = []
+    async with connect(audio_ws_url(url), additional_headers=headers) as ws:
+        receiver = asyncio.create_task(_receive_events(ws, events), name="speak-events")
+        try:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for i, offset in enumerate(range(0, len(pcm), packet)):
+                # Paced from one start time, so scheduling delays never accumulate.
+                await asyncio.sleep(max(start + i * PACKET_S - loop.time(), 0.0))
+                await ws.send(pcm[offset : offset + packet].tobytes())
+            await ws.send(json.dumps({"type": "end_of_speech"}))
+            await asyncio.wait_for(receiver, timeout=len(samples) / MODEL_SAMPLE_RATE + 10.0)
+        finally:
+            receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiver  # re-raises why the server closed the connection, if it did
+    return events
+
+
+async def _receive_events(ws: ClientConnection, events: list[dict]) -> None:
+    async for message in ws:
+        event = json.loads(message)
+        log.info("%s", " ".join(f"{k}={v}" for k, v in event.items()))
+        events.append(event)
+        if event["type"] == "playback_finished":
+            return
+
+
+def _to_model_rate(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    from engine.resample import StreamResampler
+
+    resampler = StreamResampler(sample_rate, MODEL_SAMPLE_RATE)
+    return np.concatenate([resampler.process(samples), resampler.flush()])
