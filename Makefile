@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# The main job: the live server with the shipped default model; open http://127.0.0.1:8080/
 run: setup
-	$(BIN)/livehuman render --image engine/assets/portrait.png --audio engine/assets/hello.wav --out out/hello.mp4 --report out/hello.json
+	$(BIN)/python server.py --host 127.0.0.1 --port 8080
 
 # Tests run in a private network namespace with only loopback, so nothing can leave this
 # machine; where namespaces are unavailable they run as they are.
