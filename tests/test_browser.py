@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.skipif(not loopback_only(), reason="needs a loopback-only network namespace (make test)"),
-    pytest.mark.skipif(not chromium_available(), reason="Chromium is not installed (apt-get install chromium)"),
+    pytest.mark.skipif(
+        not chromium_available(), reason="Chromium is not installed (apt-get install chromium)"
+    ),
 ]
 
 
