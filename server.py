@@ -13,11 +13,13 @@ import argparse
 import logging
 import sys
 
-from livehuman.cli import USER_ERRORS
-from stream.cli import add_serve_arguments, serve_command
-
 
 def main(argv: list[str] | None = None) -> int:
+    # Imported here, not at the top: spawned children (the RTMP push process) re-import this
+    # module, and must not pay for torch and the models.
+    from livehuman.cli import USER_ERRORS
+    from stream.cli import add_serve_arguments, serve_command
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

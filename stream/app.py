@@ -28,12 +28,19 @@ from aiohttp import web
 from engine.clock import Clock
 from engine.runtime.base import Backend
 from stream.sessions import AtCapacity, ManagerClosed, SessionLimits, SessionManager, SessionNotFound
+from stream.stamps import check_geometry, stamp_frame
 
 log = logging.getLogger(__name__)
 
 Setup = Callable[[web.Application], None]
 # Route modules, each with ``setup(app)``.
-ROUTE_MODULES: Final[tuple[str, ...]] = ("stream.api", "stream.audio_ws", "stream.webrtc", "stream.demo")
+ROUTE_MODULES: Final[tuple[str, ...]] = (
+    "stream.api",
+    "stream.audio_ws",
+    "stream.webrtc",
+    "stream.rtmp_api",
+    "stream.demo",
+)
 
 SESSION_PATH: Final = "/v1/sessions/{id}"
 AUDIO_PATH: Final = "/v1/sessions/{id}/audio"  # WebSocket, stream/audio_ws.py
@@ -55,6 +62,9 @@ class ServerConfig:
     # STUN/TURN servers only when configured (aiortc's default would contact a public one).
     ice_hosts: tuple[str, ...] = ("127.0.0.1",)
     ice_servers: tuple[str, ...] = ()
+    # Draw each frame's index in a corner and mark the audio, so a client can tie every frame to
+    # the audio that drove it (the latency benchmarks).
+    bench_stamp: bool = False
 
     @property
     def max_json_bytes(self) -> int:
@@ -93,6 +103,9 @@ def build_app(
         middlewares=[_cors, _errors, _auth_middleware(config.token)], client_max_size=config.max_json_bytes
     )
     manager = SessionManager(backend, config.sessions, clock=idle_clock)
+    if config.bench_stamp:
+        check_geometry(backend.config.height, backend.config.width)
+        manager.frame_hooks.append(stamp_frame)
     app[CONFIG_KEY] = config
     app[MANAGER_KEY] = manager
 

@@ -46,6 +46,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--idle-timeout", type=float, default=120.0, help="close idle sessions after S seconds"
     )
+    parser.add_argument(
+        "--bench-stamp",
+        action="store_true",
+        help="code each frame's index in a corner and mark the audio (for latency benchmarks)",
+    )
     from stream.webrtc import WebRtcOptions  # aiortc loads only when serving
 
     WebRtcOptions.add_arguments(parser)
@@ -68,6 +73,7 @@ def serve_command(args: argparse.Namespace) -> int:
         token=os.environ.get(TOKEN_ENV) or None,
         ice_hosts=tuple(args.ice_hosts),
         ice_servers=tuple(args.ice_server),
+        bench_stamp=args.bench_stamp,
     )
     backend = TorchBackend(resolve_model(args.preset))
     log.info(

@@ -26,7 +26,7 @@ from engine.clock import Clock, MonotonicClock
 from engine.media import read_image
 from engine.runtime.base import Backend
 from engine.scheduler import OutputFrame, WindowRecord
-from stream.session import Session, SessionOptions
+from stream.session import FrameHook, Session, SessionOptions
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ class SessionManager:
         self.created_total = 0
         self.rejected_total = 0
         self._clock = clock or MonotonicClock()
+        self.frame_hooks: list[FrameHook] = []  # applied to every new session, in order
         self._entries: dict[str, _Entry] = {}
         self._reserved = 0  # slots held by creates still encoding their portrait
         self._reaper: asyncio.Task[None] | None = None
@@ -178,6 +179,7 @@ class SessionManager:
         if self._closed:  # shut down while the portrait was encoding
             await session.close()
             raise ManagerClosed("the server is shutting down")
+        session.frame_hooks.extend(self.frame_hooks)
         meter = FrameMeter(session.clock)
         session.frame_hooks.append(meter)
         self._entries[session_id] = _Entry(session, meter, last_active=self._clock.now())

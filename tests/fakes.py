@@ -14,13 +14,13 @@ from engine.runtime.base import Backend, DecoderCache
 SIZE = 16  # pixels; the fakes ignore the VAE and work at any size
 
 
-def fake_config(**scheduler: object) -> ModelConfig:
-    """The tiny preset's audio and text settings on a 16x16 canvas with 4 latent channels."""
+def fake_config(size: int = SIZE, **scheduler: object) -> ModelConfig:
+    """The tiny preset's audio and text settings on a small square canvas, 4 latent channels."""
     tiny = get_preset("tiny")
     config = dataclasses.replace(
         tiny,
-        height=SIZE,
-        width=SIZE,
+        height=size,
+        width=size,
         vae=dataclasses.replace(tiny.vae, latent_channels=4),
         dit=dataclasses.replace(tiny.dit, latent_channels=4),
         scheduler=dataclasses.replace(SchedulerConfig(), **scheduler),

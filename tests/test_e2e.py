@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from stream.app import MANAGER_KEY, ServerConfig, build_app
+from stream.stamps import detect_markers, read_stamp
 from stream.webrtc import WHEP_SERVICE
 from stream.whep_client import WhepClient
 from tests.fakes import FakeBackend, fake_config
@@ -56,12 +57,13 @@ async def open_session(http: aiohttp.ClientSession, base: str) -> dict:
         return await response.json()
 
 
-def run_with_server(scenario):  # noqa: ANN001, ANN201
+def run_with_server(scenario, bench_stamp: bool = False, size: int = 16):  # noqa: ANN001, ANN201
     """Start the real app (fake backend) on 127.0.0.1, run ``scenario(http, base, app)``."""
-    config = fake_config(playout_delay_ms=520, compute_budget_ms=100)
+    config = fake_config(size, playout_delay_ms=520, compute_budget_ms=100)
 
     async def main():  # noqa: ANN202
-        app = build_app(ServerConfig(ice_hosts=("127.0.0.1",)), FakeBackend(config))
+        server_config = ServerConfig(ice_hosts=("127.0.0.1",), bench_stamp=bench_stamp)
+        app = build_app(server_config, FakeBackend(config))
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
         try:
@@ -175,3 +177,30 @@ def test_ten_sessions_with_viewers_leave_nothing_behind() -> None:
     assert whep["viewers"] == 0 and whep["encoders"] == [], whep
     assert threads_after == threads_before, "worker or encoder threads leaked"
     assert tasks_after == tasks_before, "tasks leaked"
+
+
+def test_bench_stamps_tie_every_received_frame_to_its_audio_within_40_ms() -> None:
+    async def scenario(http, base, app):  # noqa: ANN001, ANN202
+        session = await open_session(http, base)
+        viewer = WhepClient(keep_images=True)
+        await viewer.connect(http, f"{base}{session['whep_url']}")
+        async with http.ws_connect(f"{base}{session['audio_url']}") as ws:
+            await stream_speech(ws, tone(5.0, 0.05))
+        await asyncio.sleep(0.5)
+        await viewer.close()
+        return viewer
+
+    viewer = run_with_server(scenario, bench_stamp=True, size=128)
+    assert len(viewer.video) >= 75
+    stamps = [read_stamp(v.image) for v in viewer.video]
+    assert all(stamp == v.pts // 3600 for stamp, v in zip(stamps, viewer.video, strict=True)), "every frame"
+    first, last = viewer.audio[0].pts, viewer.audio[-1].pts
+    timeline = np.zeros(last - first + len(viewer.audio[-1].samples), np.float32)
+    for chunk in viewer.audio:
+        timeline[chunk.pts - first : chunk.pts - first + len(chunk.samples)] = chunk.samples
+    markers = detect_markers(timeline, first)
+    received = {v.pts // 3600 for v in viewer.video}
+    paired = [m for m in markers if m.frame in received]
+    assert len(paired) >= 2, markers
+    offsets_ms = [(m.sample / 48_000 - m.frame / 25) * 1000 for m in paired]
+    assert max(abs(o) for o in offsets_ms) <= 40, offsets_ms
