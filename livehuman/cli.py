@@ -12,10 +12,11 @@ import stream.cli
 from engine.config import ConfigError
 from engine.media import MediaError
 from engine.weights import WeightsError
+from stream.microphone import MicrophoneUnavailable
 
 log = logging.getLogger("livehuman")
 
-USER_ERRORS = (MediaError, ConfigError, WeightsError)
+USER_ERRORS = (MediaError, ConfigError, WeightsError, MicrophoneUnavailable)
 
 
 def _render(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
-"""``livehuman serve`` (the live server, same as ``python server.py``) and ``livehuman speak``
-(stream an audio file into a session in real time, as a voice agent would)."""
+"""``livehuman serve`` (the live server, same as ``python server.py``), ``livehuman speak``
+(stream an audio file into a session in real time, as a voice agent would) and ``livehuman live
+--mic`` (drive a local session from the microphone and watch it in the demo page)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from engine.config import MODEL_SAMPLE_RATE
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
 
+    from engine.runtime.base import Backend
+    from stream.app import ServerConfig
+
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "LIVEHUMAN_TOKEN"
@@ -36,6 +40,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     speak.add_argument("--audio", required=True, help="speech (wav, mp3, flac, ogg)")
     speak.set_defaults(handler=speak_command)
+
+    live = subparsers.add_parser("live", help="drive a local session from the microphone and preview it")
+    add_serve_arguments(live)
+    live.add_argument("--mic", action="store_true", required=True, help="use the default input device")
+    live.add_argument("--device", help="input device (index or name; default: the system's)")
+    live.add_argument("--image", help="portrait (default: the shipped one)")
+    live.set_defaults(handler=live_command)
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,9 +72,51 @@ def serve_command(args: argparse.Namespace) -> int:
     until interrupted. Bearer-token auth is on when ``LIVEHUMAN_TOKEN`` is set."""
     from aiohttp import web
 
+    from stream.app import build_app
+
+    config, backend = _server(args)
+    web.run_app(build_app(config, backend), host=config.host, port=config.port, print=log.info)
+    return 0
+
+
+def live_command(args: argparse.Namespace) -> int:
+    """The server plus one session fed by the local microphone; the log prints its preview URL."""
+    from pathlib import Path
+
+    from aiohttp import web
+
+    from stream.app import MANAGER_KEY, build_app
+    from stream.demo import PORTRAIT
+    from stream.microphone import MicrophoneSource
+
+    config, backend = _server(args)
+    app = build_app(config, backend)
+    device = int(args.device) if args.device and args.device.isdigit() else args.device
+    portrait = Path(args.image or PORTRAIT).read_bytes()
+
+    microphones: list[MicrophoneSource] = []
+
+    async def start_microphone(app: web.Application) -> None:
+        session = await app[MANAGER_KEY].create(portrait)
+        microphones.append(MicrophoneSource(session, device=device))
+        microphones[-1].start()
+        log.info("preview: http://%s:%d/?session=%s", config.host, config.port, session.id)
+
+    async def stop_microphone(_: web.Application) -> None:
+        for microphone in microphones:
+            microphone.stop()
+
+    app.on_startup.append(start_microphone)
+    app.on_shutdown.insert(0, stop_microphone)
+    web.run_app(app, host=config.host, port=config.port, print=log.info)
+    return 0
+
+
+def _server(args: argparse.Namespace) -> tuple[ServerConfig, Backend]:
+    """The server's config and its model, loaded before the event loop starts."""
     from engine.runtime.torch_backend import TorchBackend
     from engine.weights import resolve_model
-    from stream.app import ServerConfig, build_app
+    from stream.app import ServerConfig
     from stream.sessions import SessionLimits
 
     config = ServerConfig(
@@ -83,8 +136,7 @@ def serve_command(args: argparse.Namespace) -> int:
         backend.config.height,
         "on" if config.token else f"off (set {TOKEN_ENV} to require a bearer token)",
     )
-    web.run_app(build_app(config, backend), host=config.host, port=config.port, print=log.info)
-    return 0
+    return config, backend
 
 
 def speak_command(args: argparse.Namespace) -> int:

@@ -128,10 +128,14 @@ async function start() {
   $("start").disabled = true;
   try {
     setState("creating session");
-    demo.session = await createSession();
+    // ?session=ID watches a session that already exists (livehuman live --mic prints such a URL).
+    const existing = new URLSearchParams(location.search).get("session");
+    demo.session = existing
+      ? { id: existing, whep_url: `/v1/sessions/${existing}/whep`, audio_url: `/v1/sessions/${existing}/audio` }
+      : await createSession();
     setState("connecting");
-    await openAudioSocket(demo.session);
-    await watch(demo.session, $("use-mic").checked);
+    if (!existing) await openAudioSocket(demo.session);
+    await watch(demo.session, $("use-mic").checked && !existing);
     setState("live");
     $("stop").disabled = $("interrupt").disabled = $("audio-file").disabled = false;
     demo.timer = setInterval(pollStats, 1000);
@@ -157,4 +161,5 @@ $("stop").onclick = stop;
 $("interrupt").onclick = () => demo.session && fetch(`/v1/sessions/${demo.session.id}/interrupt`, { method: "POST" });
 $("audio-file").onchange = (e) => e.target.files[0] && speakFile(e.target.files[0]);
 loadCapabilities();
-if (new URLSearchParams(location.search).has("autostart")) start();
+const query = new URLSearchParams(location.search);
+if (query.has("autostart") || query.has("session")) start();
