@@ -57,6 +57,16 @@ async def open_session(http: aiohttp.ClientSession, base: str) -> dict:
         return await response.json()
 
 
+async def watched_session(
+    http: aiohttp.ClientSession, base: str, **viewer: object
+) -> tuple[dict, WhepClient]:
+    """A new session and a WHEP viewer connected to it."""
+    session = await open_session(http, base)
+    client = WhepClient(**viewer)
+    await client.connect(http, f"{base}{session['whep_url']}")
+    return session, client
+
+
 def run_with_server(scenario, bench_stamp: bool = False, size: int = 16):  # noqa: ANN001, ANN201
     """Start the real app (fake backend) on 127.0.0.1, run ``scenario(http, base, app)``."""
     config = fake_config(size, playout_delay_ms=520, compute_budget_ms=100)
@@ -79,9 +89,7 @@ def test_speech_over_websocket_arrives_as_25fps_video_and_audio_over_whep() -> N
     seconds = 10.0
 
     async def scenario(http, base, app):  # noqa: ANN001, ANN202
-        session = await open_session(http, base)
-        viewer = WhepClient()
-        await viewer.connect(http, f"{base}{session['whep_url']}")
+        session, viewer = await watched_session(http, base)
         events: list[dict] = []
         async with http.ws_connect(f"{base}{session['audio_url']}") as ws:
             reader = asyncio.create_task(collect_events(ws, events))
@@ -110,9 +118,7 @@ def test_speech_over_websocket_arrives_as_25fps_video_and_audio_over_whep() -> N
 
 def test_interrupt_silences_speech_within_200_ms_of_the_play_head() -> None:
     async def scenario(http, base, app):  # noqa: ANN001, ANN202
-        session = await open_session(http, base)
-        viewer = WhepClient()
-        await viewer.connect(http, f"{base}{session['whep_url']}")
+        session, viewer = await watched_session(http, base)
         events: list[dict] = []
         async with http.ws_connect(f"{base}{session['audio_url']}") as ws:
             reader = asyncio.create_task(collect_events(ws, events))
@@ -157,9 +163,7 @@ def test_ten_sessions_with_viewers_leave_nothing_behind() -> None:
         threads_before = threads()
         tasks_before = owned_tasks()
         for _ in range(10):
-            session = await open_session(http, base)
-            viewer = WhepClient()
-            await viewer.connect(http, f"{base}{session['whep_url']}")
+            session, viewer = await watched_session(http, base)
             while not viewer.video:
                 await asyncio.sleep(0.05)
             async with http.delete(f"{base}/v1/sessions/{session['id']}") as response:
@@ -181,9 +185,7 @@ def test_ten_sessions_with_viewers_leave_nothing_behind() -> None:
 
 def test_bench_stamps_tie_every_received_frame_to_its_audio_within_40_ms() -> None:
     async def scenario(http, base, app):  # noqa: ANN001, ANN202
-        session = await open_session(http, base)
-        viewer = WhepClient(keep_images=True)
-        await viewer.connect(http, f"{base}{session['whep_url']}")
+        session, viewer = await watched_session(http, base, keep_images=True)
         async with http.ws_connect(f"{base}{session['audio_url']}") as ws:
             await stream_speech(ws, tone(5.0, 0.05))
         await asyncio.sleep(0.5)
