@@ -8,28 +8,29 @@ import logging
 import sys
 from pathlib import Path
 
+import export.cli
 import stream.cli
 from engine.config import ConfigError
 from engine.media import MediaError
+from engine.runtime.base import BackendUnavailable
 from engine.weights import WeightsError
+from export.errors import ExportError
 from stream.microphone import MicrophoneUnavailable
 
 log = logging.getLogger("livehuman")
 
-USER_ERRORS = (MediaError, ConfigError, WeightsError, MicrophoneUnavailable)
+USER_ERRORS = (MediaError, ConfigError, WeightsError, BackendUnavailable, ExportError, MicrophoneUnavailable)
 
 
 def _render(args: argparse.Namespace) -> int:
     from engine.render import render, with_overrides
-    from engine.runtime.torch_backend import TorchBackend
-    from engine.weights import resolve_model
+    from engine.runtime.select import load_backend
 
     for what, path in (("image", args.image), ("audio", args.audio)):
         if not Path(path).is_file():
             raise MediaError(f"{what} file '{path}': file not found")
-    model = resolve_model(args.preset)
-    config = with_overrides(model.config, steps=args.steps, blend=args.blend)
-    backend = TorchBackend(model)
+    backend = load_backend(args.backend, args.preset)
+    config = with_overrides(backend.config, steps=args.steps, blend=args.blend)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     report = render(backend, args.image, args.audio, args.out, config=config, seed=args.seed)
     if args.report:
@@ -59,8 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--seed", type=int, default=0)
     render.add_argument("--blend", choices=("linear", "cosine", "none"), help="overlap blend")
     render.add_argument("--report", help="write a JSON report here")
+    render.add_argument(
+        "--backend",
+        choices=("torch", "onnx", "tensorrt", "auto"),
+        default="torch",
+        help="model runtime (default torch; onnx/tensorrt export the preset once into the engine cache, "
+        "or take an export directory as --preset)",
+    )
     render.set_defaults(handler=_render)
     stream.cli.add_commands(commands)
+    export.cli.add_commands(commands)
     return parser
 
 

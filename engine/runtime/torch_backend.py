@@ -1,25 +1,54 @@
-"""The reference backend: eager PyTorch on the CPU (or a CUDA device when asked)."""
+"""The reference backend: eager PyTorch on the CPU, or on a CUDA device with a faster path.
+
+On CUDA the DiT can run in bf16 (or fp16) and the DiT and decoder step can be compiled with
+``torch.compile(mode="reduce-overhead")``, which replays CUDA graphs. Only the DiT is lowered, as
+in the exported backends: the compute is there, and the VAE, audio and text encoders stay
+float32. CUDA-graph replays overwrite the previous replay's outputs, so the decoder's cache is
+cloned before it is handed out: the scheduler keeps caches in snapshots.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from engine.models.livehuman import LiveHumanModel
-from engine.runtime.base import Backend, DecoderCache
+from engine.runtime.base import Backend, BackendUnavailable, DecoderCache
 
 
 class TorchBackend(Backend):
+    """``model`` is moved to ``device`` (and its DiT cast to ``dtype``) in place."""
+
     name = "torch"
 
-    def __init__(self, model: LiveHumanModel, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: LiveHumanModel,
+        device: str = "cpu",
+        threads: int | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        compile: bool = False,
+    ) -> None:
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable(
+                f"torch: device '{device}' asked for, but torch {torch.__version__} sees no GPU"
+            )
+        if (dtype != torch.float32 or compile) and self.device.type != "cuda":
+            raise ValueError("torch: a reduced-precision DiT and compile are CUDA options (device='cuda')")
         if threads is not None:
             torch.set_num_threads(threads)
         self.model = model.to(device).eval()
+        self.model.dit.to(dtype)
         self.config = model.config
-        self.device = torch.device(device)
+        self.dtype = dtype
+        self._dit = torch.compile(self.model.dit, mode="reduce-overhead") if compile else self.model.dit
+        decode = self.model.vae.decode_step
+        self._decode_step = torch.compile(decode, mode="reduce-overhead") if compile else decode
+        self.compiled = compile
 
-    def _in(self, t: torch.Tensor) -> torch.Tensor:
-        return t.to(self.device, torch.float32)
+    def _in(self, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return t.to(self.device, dtype)
 
     @torch.inference_mode()
     def audio_encoder(self, samples: torch.Tensor) -> torch.Tensor:
@@ -27,8 +56,11 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     def dit_step(self, x, timestep, cond, audio, text, camera, attributes) -> torch.Tensor:  # noqa: ANN001
-        args = [self._in(t) for t in (x, timestep, cond, audio, text, camera, attributes)]
-        return self.model.dit(*args).float().cpu()
+        # The timestep stays float32: the sinusoidal embedding needs its resolution.
+        args = [self._in(t, self.dtype) for t in (x, cond, audio, text, camera, attributes)]
+        if self.compiled:
+            torch.compiler.cudagraph_mark_step_begin()
+        return self._dit(args[0], self._in(timestep), *args[1:]).float().cpu()
 
     @torch.inference_mode()
     def vae_encoder(self, frames: torch.Tensor) -> torch.Tensor:
@@ -39,7 +71,11 @@ class TorchBackend(Backend):
     def vae_decoder_step(
         self, latent: torch.Tensor, cache: DecoderCache
     ) -> tuple[torch.Tensor, DecoderCache]:
-        frames, cache = self.model.vae.decode_step(self._in(latent), cache)
+        if self.compiled:
+            torch.compiler.cudagraph_mark_step_begin()
+        frames, cache = self._decode_step(self._in(latent), cache)
+        if self.compiled:
+            cache = tuple(c.clone() for c in cache)
         return frames.float().cpu(), cache
 
     def vae_decoder_cache(self, batch: int = 1) -> DecoderCache:
