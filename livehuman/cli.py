@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+import benchmarks.cli
 import export.cli
 import stream.cli
 from engine.config import ConfigError
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.set_defaults(handler=_render)
     stream.cli.add_commands(commands)
     export.cli.add_commands(commands)
+    benchmarks.cli.add_commands(commands)
     return parser
 
 

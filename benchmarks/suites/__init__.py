@@ -1,0 +1,1 @@
+"""The benchmark suites; each module has ``run(options) -> result`` and ``SUMMARY_KEYS``."""
