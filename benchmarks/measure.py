@@ -160,6 +160,7 @@ G2G_COLUMNS = (
     "transport_ms",
     "ahead_ms",
     "service_ms",
+    "shift_ms",
     "repeated",
 )
 
@@ -179,13 +180,16 @@ def glass_to_glass(
     - split against real time: ``ahead_ms`` is how far ahead of real-time pacing the packet was
       pushed (the time it queued because it came early: ~0 when streamed, large in a burst) and
       ``service_ms`` what is left (``glass_to_glass_ms - ahead_ms``). The utterance's first packet
-      anchors real time, as it anchors the utterance on the server's timeline.
+      anchors real time, as it anchors the utterance on the server's timeline;
+    - ``shift_ms``: how far the server had moved the utterance later by then (inserted silence);
+      ``glass_to_glass_ms - shift_ms`` is the pipeline's own latency.
     """
     if not placements:
         return []
     starts = [p.start for p in placements]
     lo, hi = starts[0], placements[-1].start + placements[-1].samples
     anchor = placements[0]
+    pushed_before = np.cumsum([0] + [p.samples for p in placements])  # samples before packet k
     records = []
     for frame in sorted(first):
         position = frame * SAMPLES_PER_FRAME
@@ -212,6 +216,9 @@ def glass_to_glass(
                 "transport_ms": (received - shown[0]) * 1000.0 if shown else None,
                 "ahead_ms": max(scheduled - pushed, 0.0) * 1000.0,
                 "service_ms": (received - max(scheduled, pushed)) * 1000.0,
+                # How much later than its own audio put it the server placed this packet, because
+                # earlier audio missed a deadline and silence went in before it.
+                "shift_ms": (packet.start - anchor.start - int(pushed_before[k])) / RATE * 1000.0,
                 "repeated": bool(shown[1]) if shown else None,
             }
         )

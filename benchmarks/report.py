@@ -332,7 +332,8 @@ def _e2e_md(r: dict[str, Any]) -> list[str]:
             f"Calibration: playout delay raised by {_fmt(cal['added_playout_ms'], 0)} ms moved "
             f"the glass-to-glass "
             f"p50 from {_fmt(cal['base_p50_ms'])} to {_fmt(cal['shifted_p50_ms'])} ms: a shift of "
-            f"{_fmt(cal['measured_shift_ms'])} ms.",
+            f"{_fmt(cal['measured_shift_ms'])} ms ({_fmt(cal.get('measured_shift_net_ms'))} ms net of speech "
+            "re-placed later by the server).",
         ]
     return lines
 

@@ -71,6 +71,7 @@ def test_glass_to_glass_ties_each_frame_to_the_packet_that_carried_its_first_sam
     records = glass_to_glass(placements, first, presented)
     frames = [r["frame"] for r in records]
     assert frames == list(range(26, 76)), "frames whose first sample lies inside the utterance"
+    assert all(r["shift_ms"] == 0.0 for r in records)
     for r in records:
         offset = (r["frame"] * 640 - place) % 320  # samples into its packet
         assert r["glass_to_glass_ms"] == pytest.approx(delay * 1000 + 50 + offset / 16, abs=1e-6)
@@ -98,6 +99,9 @@ def test_a_late_packet_and_the_silence_it_caused_are_reported_on_the_input_side(
     assert placement_shifts(placements) == [(50, 2960)]
     lateness = push_lateness_ms(placements)
     assert lateness[49] == pytest.approx(0.0, abs=1e-9) and lateness[50] == pytest.approx(185.0)
+    records = glass_to_glass(placements, {f: 20.0 for f in range(120)}, {})
+    shifts = {r["frame"]: r["shift_ms"] for r in records}
+    assert shifts[2] == 0.0 and shifts[40] == pytest.approx(185.0), "everything after plays 185 ms later"
 
 
 def test_packets_are_matched_to_placements_utterance_by_utterance() -> None:
@@ -219,7 +223,10 @@ def test_e2e_smoke_stamps_round_trip_and_a_known_delay_shows_up_in_full(tmp_path
     g2g = result["glass_to_glass_all_frames_ms"]
     assert g2g["n"] >= 40 and g2g["p50"] >= delay, "a frame cannot be seen before its playout time"
     calibration = result["calibration"]
-    assert calibration["measured_shift_ms"] == pytest.approx(300.0, rel=0.10), calibration
+    # Net of any mid-utterance re-placement (which "input" reports on its own): should a window be
+    # skipped under load, the server may move the rest of an utterance later, a real effect that
+    # the stamps measure too but that is not the delay this test injects.
+    assert calibration["measured_shift_net_ms"] == pytest.approx(300.0, rel=0.10), calibration
     assert result["ttff_ms"]["n"] == 1  # the main session (the calibration one has a raised delay)
     assert result["interrupt_to_silence_ms"]["n"] == 1
     assert result["burst"]["queue_ms"]["p95"] > 0.0

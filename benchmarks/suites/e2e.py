@@ -381,7 +381,12 @@ def _analyse(
                 "speech_shift_total_ms": sum(x["shift_ms"] for x in shifts),
             },
             "burst": _burst(burst_records, main, o) if burst_records else None,
-            "calibration": _calibration_result(_every(realtime, "glass_to_glass_ms"), cal, o),
+            "calibration": _calibration_result(
+                _every(realtime, "glass_to_glass_ms"),
+                [r["glass_to_glass_ms"] - r["shift_ms"] for r in realtime],
+                cal,
+                o,
+            ),
             "server": {
                 "window_compute_ms": pct(compute),
                 "steps_used": {
@@ -419,14 +424,18 @@ def _burst(records: list[dict[str, Any]], main: SessionData, o: dict[str, Any]) 
 
 
 def _calibration_result(
-    base: list[float], cal: SessionData | None, o: dict[str, Any]
+    base: list[float], base_net: list[float], cal: SessionData | None, o: dict[str, Any]
 ) -> dict[str, Any] | None:
     if not o["calibrate_ms"]:
         return None
-    shifted = _every(cal.records("realtime"), "glass_to_glass_ms") if cal else []
+    records = cal.records("realtime") if cal else []
+    shifted = _every(records, "glass_to_glass_ms")
     base_p50 = pct(base)["p50"]
     shifted_p50 = pct(shifted)["p50"]
     shift = None if base_p50 is None or shifted_p50 is None else shifted_p50 - base_p50
+    net_base_p50 = pct(base_net)["p50"]
+    net_shifted_p50 = pct([r["glass_to_glass_ms"] - r["shift_ms"] for r in records])["p50"]
+    net = None if net_base_p50 is None or net_shifted_p50 is None else net_shifted_p50 - net_base_p50
     return {
         "frames": "every stamped speech frame, repeats included (the shift is the pipeline's timing)",
         "added_playout_ms": float(o["calibrate_ms"]),
@@ -436,6 +445,11 @@ def _calibration_result(
         "shifted_ms": pct(shifted),
         "measured_shift_ms": shift,
         "error_ratio": None if shift is None else shift / o["calibrate_ms"] - 1.0,
+        # Net of the server re-placing speech later mid-utterance (a separate, separately measured
+        # effect, see "input"): what the stamps measure of the pipeline's own delay.
+        "net_base_p50_ms": net_base_p50,
+        "net_shifted_p50_ms": net_shifted_p50,
+        "measured_shift_net_ms": net,
     }
 
 
