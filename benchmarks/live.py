@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,7 @@ class BenchServer:
             self.args += ["--playout-delay-ms", str(playout_delay_ms)]
         self.args += ["--fallback-steps", *map(str, fallback_steps)]
         self.process: subprocess.Popen[str] | None = None
+        self.keep_log = False  # set when something went wrong: the log stays for reading
         self.base = ""
         self.info: dict[str, Any] = {}
         # The server's log outlives the run, so a failure can be read after it (the path is reported).
@@ -79,11 +81,13 @@ class BenchServer:
         try:
             line = await asyncio.wait_for(asyncio.to_thread(self.process.stdout.readline), READY_TIMEOUT_S)
         except TimeoutError:
+            self.keep_log = True
             await self.stop()
             raise RuntimeError(
                 f"bench server not ready in {READY_TIMEOUT_S:.0f} s; log: {self.log_path}"
             ) from None
         if not line:
+            self.keep_log = True
             await self.stop()
             raise RuntimeError(f"bench server exited ({self.log_path}): {self.tail_log()}")
         self.info = json.loads(line)
@@ -111,6 +115,10 @@ class BenchServer:
         with contextlib.suppress(OSError):
             process.stdout.close()
         self._log.close()
+        if process.returncode not in (0, -signal.SIGTERM) or self.keep_log:
+            log.warning("bench server log kept: %s", self.log_path)
+        else:
+            Path(self.log_path).unlink(missing_ok=True)
 
     def tail_log(self, lines: int = 20) -> str:
         with contextlib.suppress(ValueError):  # already closed

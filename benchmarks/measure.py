@@ -125,16 +125,14 @@ def match_utterances(
 
 
 def push_lateness_ms(placements: Sequence[Placement], speed: float = 1.0) -> list[float]:
-    """How late each packet left the client against its real-time schedule (the first packet and
-    ``speed`` x 20 ms per packet): the jitter the server's input saw, before any network."""
+    """How late each packet left the client against a real-time schedule (``speed`` x 20 ms per
+    packet) anchored at its earliest consistent start, so no packet counts as early: the jitter the
+    server's input saw, before any network."""
     if not placements:
         return []
-    t0 = placements[0].pushed_at
-    out, offset = [], 0
-    for p in placements:
-        out.append((p.pushed_at - (t0 + offset / RATE / speed)) * 1000.0)
-        offset += p.samples
-    return out
+    offsets = np.cumsum([0] + [p.samples for p in placements[:-1]]) / RATE / speed
+    ideal = np.array([p.pushed_at for p in placements]) - offsets
+    return list((ideal - ideal.min()) * 1000.0)
 
 
 def placement_shifts(placements: Sequence[Placement]) -> list[tuple[int, int]]:

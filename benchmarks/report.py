@@ -315,6 +315,17 @@ def _e2e_md(r: dict[str, Any]) -> list[str]:
         f"their slot) {f['late']}, unreadable stamps {f['unreadable']}, stamp != pts {f['stamp_mismatch']}; "
         f"server: {json.dumps(f.get('server', {}))}.",
     ]
+    every = r.get("glass_to_glass_all_frames_ms") or {}
+    late_pictures = (f.get("server") or {}).get("repeated_during_speech")
+    if every.get("n") and late_pictures is not None:
+        lines += [
+            "",
+            f"Real time: {late_pictures} of {every['n']} speech frames "
+            f"({100.0 * late_pictures / every['n']:.1f}%) "
+            "showed the previous picture because their window was not ready in time (the server repeats it, "
+            "audio stays on time); glass-to-glass above counts the fresh frames, over every frame it is "
+            f"p50 {_fmt(every.get('p50'))} / p95 {_fmt(every.get('p95'))} ms.",
+        ]
     if inp and inp["speech_shifts"]:
         lines += [
             "",
