@@ -130,19 +130,19 @@ def _round(value: Any) -> Any:
 def load_backend(name: str, preset: str, threads: int | None = None) -> tuple[Any, dict[str, Any]]:
     """The backend to benchmark and a note of how it was loaded.
 
-    ``engine.runtime.select.load_backend`` when it is there; otherwise torch, and the note says so.
+    ``livehuman.backends.load_backend`` when it is there; otherwise torch, and the note says so.
     """
     import torch
 
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        from engine.runtime.select import load_backend as select
+        from livehuman.backends import load_backend as select
     except ImportError as exc:
         from engine.runtime.torch_backend import TorchBackend
         from engine.weights import resolve_model
 
-        note = f"engine.runtime.select unavailable ({exc}); fell back to TorchBackend"
+        note = f"livehuman.backends unavailable ({exc}); fell back to TorchBackend"
         log.warning("%s", note)
         backend = TorchBackend(resolve_model(preset))
         return backend, {"requested": name, "loaded": "torch", "note": note}

@@ -25,7 +25,7 @@ USER_ERRORS = (MediaError, ConfigError, WeightsError, BackendUnavailable, Export
 
 def _render(args: argparse.Namespace) -> int:
     from engine.render import render, with_overrides
-    from engine.runtime.select import load_backend
+    from livehuman.backends import load_backend
 
     for what, path in (("image", args.image), ("audio", args.audio)):
         if not Path(path).is_file():

@@ -20,9 +20,9 @@ from engine.models.livehuman import LiveHumanModel
 from engine.runtime.base import BackendUnavailable
 from engine.runtime.manifest import MANIFEST_NAME
 from engine.runtime.onnx_backend import OnnxBackend
-from engine.runtime.select import load_backend
 from engine.runtime.torch_backend import TorchBackend
 from export.onnx_export import export_onnx
+from livehuman.backends import load_backend
 from livehuman.cli import main
 from tests.test_cli import write_wav
 from tests.test_scheduler import make_scheduler, render_offline
@@ -71,7 +71,7 @@ def test_onnx_backend_runs_without_the_torch_model_code(exported: Path) -> None:
 import sys
 import numpy as np
 from engine.generator import Conditioning
-from engine.runtime.select import load_backend
+from livehuman.backends import load_backend
 from engine.scheduler import Scheduler
 
 backend = load_backend("onnx", {str(exported)!r}, threads=2)

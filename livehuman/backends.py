@@ -6,7 +6,8 @@ why in one line and the next is tried, so a missing extra never stops a render.
 
 Given a model or preset, the onnx and tensorrt backends go through
 ``export.cache.ensure_exported``, which reuses a matching export and builds a stale or missing
-one. That is the one place the engine calls into ``export/`` (imported lazily, only then). Given
+one. It lives in ``livehuman/``, the wiring package, because ``engine`` must not depend on
+``export/`` (``stream -> engine <- export``); ``export`` is imported lazily, only then. Given
 an export directory, nothing from ``export/`` or ``engine.models`` is imported at all.
 """
 
