@@ -37,6 +37,10 @@ class VAEConfig:
     in_channels: int = 3
     latent_channels: int = 16
     base_channels: int = 96
+    # The encoder's width when it differs from ``base_channels``: it runs once per portrait (or
+    # per source-video window), never per output frame, so a preset may make it narrower to cut
+    # training cost without touching live latency. 0 means ``base_channels``.
+    encoder_channels: int = 0
     channel_mults: tuple[int, ...] = (1, 2, 4, 4)
     num_res_blocks: int = 2
     # How many of the lowest-resolution levels use causal 3D convs; the rest are per-frame 2D,
@@ -238,7 +242,13 @@ def _tiny() -> ModelConfig:
         name="tiny",
         height=128,
         width=128,
-        vae=VAEConfig(latent_channels=8, base_channels=32, channel_mults=(1, 2, 4, 4), num_res_blocks=1),
+        vae=VAEConfig(
+            latent_channels=8,
+            base_channels=32,
+            encoder_channels=16,
+            channel_mults=(1, 2, 4, 4),
+            num_res_blocks=1,
+        ),
         dit=DiTConfig(
             latent_channels=8, dim=192, ffn_dim=576, num_heads=3, num_layers=4, text_dim=64, audio_dim=128
         ),

@@ -79,6 +79,16 @@ class WindowOutput:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+def window_audio_span(config: ModelConfig, start: int) -> tuple[int, int]:
+    """(first video frame, number of frames) of the audio features a window at latent ``start``
+    computes: history, the context before, its own frames, the context after. A function of the
+    config alone, because training must cut exactly the spans that inference will."""
+    a = config.audio
+    first = FRAMES_PER_LATENT * start - a.context_before_frames - a.history_ms * FPS // 1000
+    last = FRAMES_PER_LATENT * (start + config.scheduler.window) + a.context_after_frames
+    return first, last - first
+
+
 def noise_seed(seed: int, latent: int, step: int) -> int:
     """A 63-bit seed from (session seed, global latent index, step): noise never depends on
     how audio was chunked or where a window started."""
@@ -102,7 +112,6 @@ class WindowGenerator:
         self.window, self.overlap, self.stride = s.window, s.overlap, s.stride
         self.weights = blend_weights(s.blend, s.overlap)
         a = config.audio
-        self._history_frames = a.history_ms * FPS // 1000
         self._lookahead_samples = s.lookahead_ms * SAMPLES_PER_LATENT // 160
         self._mel_extra = a.n_fft - a.hop_length
         self._reference_window = conditioning.reference.expand(-1, -1, self.window, -1, -1)
@@ -115,10 +124,7 @@ class WindowGenerator:
     # --- the audio a window needs --------------------------------------------------------------
     def audio_span(self, start: int) -> tuple[int, int]:
         """(first video frame, number of frames) of audio features for the window at ``start``."""
-        a = self.config.audio
-        first = FRAMES_PER_LATENT * start - a.context_before_frames - self._history_frames
-        last = FRAMES_PER_LATENT * (start + self.window) + a.context_after_frames
-        return first, last - first
+        return window_audio_span(self.config, start)
 
     def required_audio_end(self, start: int) -> int:
         """Model-audio position (16 kHz) through which the window at ``start`` needs audio."""

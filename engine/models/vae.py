@@ -212,7 +212,7 @@ class VAEEncoder(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         levels, steps = _levels(cfg)
-        widths = [cfg.base_channels * m for m in cfg.channel_mults]
+        widths = [(cfg.encoder_channels or cfg.base_channels) * m for m in cfg.channel_mults]
         kernels = [3 if i >= levels - cfg.temporal_levels else 1 for i in range(levels)]
         self.conv_in = CausalConv3d(cfg.in_channels, widths[0], kernels[0])
         blocks: list[nn.Module] = []

@@ -1,0 +1,221 @@
+"""``livehuman train``: data, VAE, latents, audio probe, teacher, trajectories, student.
+
+Every stage writes its result under the output directory and is recorded in ``state.json``, so a
+run that is stopped (or a session that ends) resumes at the stage, and within a stage at the
+checkpoint, where it stopped. Seeds are fixed per step, so a resumed run draws the same batches.
+The finished student is ``OUT/model`` (``config.json`` + ``model.safetensors``): pass it as
+``--preset`` anywhere, or copy it to ``engine/assets/default_model``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from engine.config import ModelConfig, get_preset
+from engine.models.livehuman import LiveHumanModel
+from engine.training import data
+from engine.training.distill_stage import DistillConfig, cache_trajectories, distill_step_fn
+from engine.training.dit_stage import (
+    DiTTrainConfig,
+    MouthProbe,
+    audio_step_fn,
+    dit_step_fn,
+    probe_correlation,
+)
+from engine.training.stage import RunState, cosine_lr, run_stage
+from engine.training.vae_stage import VAETrainConfig, normalize_latents, vae_metrics, vae_step_fn
+from engine.training.windows import EncodedClip, encode_clips
+from engine.weights import load_model, save_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """How much of everything; ``full`` fits an hour on a 2-core CPU, ``smoke`` a CI minute."""
+
+    train_clips: int = 140
+    val_clips: int = 16
+    # Frames of each clip encoded for the DiT stages: enough windows per identity, at a cost
+    # (the encoder at full resolution) that stays a few minutes.
+    encode_frames: int = 201
+    camera_fraction: float = 0.0
+    vae: VAETrainConfig = field(default_factory=VAETrainConfig)
+    dit: DiTTrainConfig = field(default_factory=DiTTrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+PLANS = {
+    "full": TrainPlan(),
+    "smoke": TrainPlan(
+        train_clips=3,
+        val_clips=2,
+        encode_frames=41,
+        vae=VAETrainConfig(steps=12, batch=2, crop=32),
+        dit=DiTTrainConfig(audio_steps=10, steps=30, batch=4),
+        distill=DistillConfig(teacher_steps=4, trajectories=8, chunk=4, steps=6, batch=4),
+    ),
+}
+
+
+class _Progress:
+    """One tqdm bar per stage, fed by the stages' callbacks."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+        self.name = ""
+
+    def __call__(self, name: str, done: int, total: int, losses: dict[str, float] | None = None) -> None:
+        if self.bar is None or name != self.name:
+            self.close()
+            self.bar, self.name = tqdm(total=total, desc=name, unit="step", leave=False), name
+            self.bar.update(done - 1)
+        self.bar.update(1)
+        if losses:
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items() if k != "steps"}, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def train(preset: str, out_dir: Path, plan: TrainPlan, seed: int = 0, data_dir: Path | None = None) -> Path:
+    """Run (or resume) every stage; returns the student's directory."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    state = RunState(out_dir)
+    progress = _Progress()
+    config = get_preset(preset)
+    data_dir = data_dir or out_dir / "data"
+
+    # 1. Data: clips as recipes (resumes clip by clip).
+    if not state.done("data"):
+        t0 = time.perf_counter()
+        data.generate(
+            data_dir,
+            {"train": plan.train_clips, "val": plan.val_clips},
+            seed=seed,
+            camera_fraction=plan.camera_fraction,
+            progress=lambda d, t: progress("data", d, t),
+        )
+        state.record(
+            "data", seconds=round(time.perf_counter() - t0, 1), clips=plan.train_clips + plan.val_clips
+        )
+    train_clips = [c for c in data.iter_clips(data_dir, "train") if c.meta["camera"]["preset"] == "static"]
+    val_clips = list(data.iter_clips(data_dir, "val"))
+
+    # 2. VAE.
+    model = _stage_model(out_dir, "vae", config, seed)
+    if not state.done("vae"):
+        t0 = time.perf_counter()
+        cfg = plan.vae
+        opt = torch.optim.AdamW(model.vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+        tail = run_stage(
+            out_dir, "vae", {"vae": model.vae}, opt, cfg.steps,
+            vae_step_fn(model.vae, train_clips, cfg, config.height, seed),
+            cosine_lr(cfg.lr, cfg.steps), progress=progress,
+        )  # fmt: skip
+        std = normalize_latents(model.vae, train_clips[:8], config.height)
+        metrics = vae_metrics(model.vae, val_clips[:4], config.height)
+        save_model(model, out_dir / "stages" / "vae")
+        state.record(
+            "vae", seconds=round(time.perf_counter() - t0, 1), **tail, **metrics, latent_std=std.tolist()
+        )
+
+    # 3. Latents of every clip, once.
+    encoded = _encoded(out_dir, model, train_clips, "train", plan.encode_frames, progress)
+    encoded_val = _encoded(out_dir, model, val_clips, "val", plan.encode_frames, progress)
+
+    # 4. Audio probe, then the teacher DiT with the probe kept on.
+    probe = MouthProbe(config.audio.dim)
+    probe_path = out_dir / "stages" / "probe.pt"
+    if probe_path.exists():
+        probe.load_state_dict(torch.load(probe_path, weights_only=True))
+    cfg = plan.dit
+    if not state.done("audio"):
+        t0 = time.perf_counter()
+        params = [*model.audio.parameters(), *probe.parameters()]
+        opt = torch.optim.AdamW(params, lr=cfg.audio_lr)
+        tail = run_stage(
+            out_dir, "audio", {"audio": model.audio, "probe": probe}, opt, cfg.audio_steps,
+            audio_step_fn(model, probe, encoded, config, cfg, seed),
+            cosine_lr(cfg.audio_lr, cfg.audio_steps), progress=progress,
+        )  # fmt: skip
+        _save_probe(probe, probe_path)
+        corr = probe_correlation(model, probe, encoded_val, config)
+        save_model(model, out_dir / "stages" / "audio")
+        state.record("audio", seconds=round(time.perf_counter() - t0, 1), **tail, probe_corr_val=corr)
+        model = _stage_model(out_dir, "audio", config, seed)
+    if not state.done("dit"):
+        t0 = time.perf_counter()
+        params = [*model.dit.parameters(), *model.audio.parameters(), *probe.parameters()]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+        tail = run_stage(
+            out_dir, "dit", {"dit": model.dit, "audio": model.audio, "probe": probe}, opt, cfg.steps,
+            dit_step_fn(model, probe, encoded, config, cfg, seed),
+            cosine_lr(cfg.lr, cfg.steps), progress=progress,
+        )  # fmt: skip
+        _save_probe(probe, probe_path)
+        corr = probe_correlation(model, probe, encoded_val, config)
+        save_model(model, out_dir / "stages" / "teacher")
+        state.record("dit", seconds=round(time.perf_counter() - t0, 1), **tail, probe_corr_val=corr)
+    teacher = _stage_model(out_dir, "teacher", config, seed)
+
+    # 5. Teacher trajectories (cached on disk), then the student.
+    dcfg = plan.distill
+    if not state.done("trajectories"):
+        t0 = time.perf_counter()
+        cache_trajectories(
+            teacher, encoded, dcfg, out_dir / "trajectories", seed, lambda d, t: progress("teacher", d, t)
+        )
+        state.record("trajectories", seconds=round(time.perf_counter() - t0, 1), count=dcfg.trajectories)
+    trajectories = cache_trajectories(teacher, encoded, dcfg, out_dir / "trajectories", seed)
+    student = _stage_model(out_dir, "teacher", config, seed)
+    if not state.done("distill"):
+        t0 = time.perf_counter()
+        params = [*student.dit.parameters(), *student.audio.parameters(), *probe.parameters()]
+        opt = torch.optim.AdamW(params, lr=dcfg.lr, weight_decay=0.01)
+        tail = run_stage(
+            out_dir, "distill", {"dit": student.dit, "audio": student.audio, "probe": probe}, opt, dcfg.steps,
+            distill_step_fn(student, probe, encoded, trajectories, config, dcfg, cfg.mouth_weight, seed),
+            cosine_lr(dcfg.lr, dcfg.steps, warmup=20), progress=progress,
+        )  # fmt: skip
+        save_model(student, out_dir / "model")
+        state.record("distill", seconds=round(time.perf_counter() - t0, 1), **tail)
+    progress.close()
+    return out_dir / "model"
+
+
+def _stage_model(out_dir: Path, stage: str, config: ModelConfig, seed: int) -> LiveHumanModel:
+    """The model as a finished stage left it, or a fresh one if that stage has not finished."""
+    path = out_dir / "stages" / stage
+    if (path / "model.safetensors").exists():
+        return load_model(path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LiveHumanModel(config)
+
+
+def _encoded(
+    out_dir: Path, model: LiveHumanModel, clips: list[data.Clip], split: str, frames: int, progress: _Progress
+) -> list[EncodedClip]:
+    path = out_dir / "stages" / f"latents_{split}.pt"
+    if path.exists():
+        return [EncodedClip(**item) for item in torch.load(path, weights_only=False)]
+    model.eval()
+    encoded = encode_clips(model, clips, frames, lambda d, t: progress(f"latents {split}", d, t))
+    torch.save([dataclasses.asdict(e) for e in encoded], path)
+    return encoded
+
+
+def _save_probe(probe: MouthProbe, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(probe.state_dict(), path)

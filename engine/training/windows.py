@@ -1,0 +1,156 @@
+"""Clips as the DiT sees them: latents, reference, audio; cut into scheduler-shaped windows.
+
+Once the VAE is trained every clip is encoded once, and the DiT stages sample windows from the
+cache. A window is cut with the geometry the live scheduler uses (``window_audio_span``), so the
+audio encoder trains on exactly the spans, edges and zero padding it will meet at inference.
+
+Frame bookkeeping. Encoding a clip gives latent 0 for frame 0 alone (a still, like the encoded
+portrait) and latent k >= 1 for frames [4k-3, 4k+1). The scheduler's stream latent n covers
+stream frames [4n, 4n+4), with audio at sample 640*i for stream frame i. So clip latent k is
+stream latent k-1, stream frame i is clip frame i+1, and its audio starts at clip sample 640*(i+1).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.config import FRAMES_PER_LATENT, SAMPLES_PER_FRAME, ModelConfig
+from engine.generator import window_audio_span
+from engine.models.audio import latent_audio_tokens
+from engine.models.livehuman import LiveHumanModel
+from engine.training.data import Clip
+from engine.training.vae_stage import to_model_frames
+
+log = logging.getLogger(__name__)
+
+# Zero padding either side of a clip's audio, so any span near its edges can be cut.
+_AUDIO_PAD_FRAMES = 32
+
+
+@dataclass
+class EncodedClip:
+    latents: torch.Tensor  # (C, T, h, w): clip latents, 0 a still of frame 0
+    reference: torch.Tensor  # (C, 1, h, w): the encoded portrait
+    audio: np.ndarray  # (N,) float32 at 16 kHz, zero-padded by _AUDIO_PAD_FRAMES each side
+    mouth: np.ndarray  # (F, 2) float32 ground-truth mouth open and width per clip frame
+    mouth_mask: torch.Tensor  # (T, h, w) 1 on latent pixels the mouth touches in that latent
+
+
+@torch.no_grad()
+def encode_clip(model: LiveHumanModel, clip: Clip, max_frames: int = 301) -> EncodedClip:
+    cfg = model.config
+    n = 1 + FRAMES_PER_LATENT * ((min(clip.num_frames, max_frames) - 1) // FRAMES_PER_LATENT)
+    latents, _ = model.vae.encode(to_model_frames(clip.frames(0, n, cfg.height))[None])
+    reference, _ = model.vae.encode(to_model_frames(clip.portrait(cfg.height)[None])[None])
+    T, f = latents.shape[2], cfg.vae.spatial_factor
+    mask = torch.zeros(T, cfg.latent_height, cfg.latent_width)
+    for k in range(T):
+        for frame in range(max(0, 4 * k - 3), 4 * k + 1):
+            y0, y1, x0, x1 = clip.mouth_box(frame, cfg.height)
+            mask[k, y0 // f : -(-y1 // f), x0 // f : -(-x1 // f)] = 1.0
+    pad = np.zeros(_AUDIO_PAD_FRAMES * SAMPLES_PER_FRAME, np.float32)
+    return EncodedClip(
+        latents=latents[0],
+        reference=reference[0],
+        audio=np.concatenate([pad, clip.audio[: n * SAMPLES_PER_FRAME], pad]),
+        mouth=np.stack([clip.track.mouth_open[:n], clip.track.mouth_width[:n]], axis=1).astype(np.float32),
+        mouth_mask=mask,
+    )
+
+
+def encode_clips(
+    model: LiveHumanModel,
+    clips: list[Clip],
+    max_frames: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[EncodedClip]:
+    encoded = []
+    for i, clip in enumerate(clips):
+        encoded.append(encode_clip(model, clip, max_frames))
+        if progress:
+            progress(i + 1, len(clips))
+    return encoded
+
+
+@dataclass
+class WindowBatch:
+    x0: torch.Tensor  # (B, C, W, h, w) clean latents of the window
+    cond: torch.Tensor  # (B, 2C+1, W, h, w) mask, motion prefix, reference
+    audio: torch.Tensor  # (B, span samples) model audio of the window's span
+    aux_target: torch.Tensor  # (B, span frames, 2) mouth open/width per span frame
+    aux_mask: torch.Tensor  # (B, span frames) 1 where the frame is inside the clip
+    weight: torch.Tensor  # (B, 1, W, h, w) loss weight, heavier on the mouth
+    items: list[tuple[int, int]]  # (clip index, clip latent of the window's first latent)
+
+
+def sample_items(
+    encoded: list[EncodedClip], rng: np.random.Generator, count: int, window: int
+) -> list[tuple[int, int]]:
+    """Random (clip, first latent) pairs; clips weighted by how many windows they hold."""
+    sizes = np.array([e.latents.shape[1] - window + 1 for e in encoded], dtype=np.float64)
+    clips = rng.choice(len(encoded), size=count, p=sizes / sizes.sum())
+    return [(int(c), int(rng.integers(0, sizes[c]))) for c in clips]
+
+
+def window_batch(
+    encoded: list[EncodedClip],
+    items: list[tuple[int, int]],
+    config: ModelConfig,
+    mouth_weight: float,
+    prefix_noise: float = 0.0,
+    gen: torch.Generator | None = None,
+) -> WindowBatch:
+    s = config.scheduler
+    W, O = s.window, s.overlap
+    x0, cond, audio, aux_t, aux_m, weight = [], [], [], [], [], []
+    for clip_index, k in items:
+        e = encoded[clip_index]
+        window = e.latents[:, k : k + W]  # (C, W, h, w)
+        C, _, h, w = window.shape
+        # 1. Conditioning as the generator builds it: mask + clean prefix on the overlap,
+        # reference everywhere.
+        mask = torch.zeros(1, W, h, w)
+        mask[:, :O] = 1.0
+        motion = torch.zeros_like(window)
+        motion[:, :O] = window[:, :O] + prefix_noise * torch.randn(C, O, h, w, generator=gen)
+        cond.append(torch.cat([mask, motion, e.reference.expand(-1, W, -1, -1)]))
+        x0.append(window)
+        weight.append(1.0 + mouth_weight * e.mouth_mask[k : k + W][None])
+        # 2. Audio span in stream frames (stream latent k-1), read at clip frame = stream frame + 1.
+        first, count = window_audio_span(config, k - 1)
+        start = (first + 1 + _AUDIO_PAD_FRAMES) * SAMPLES_PER_FRAME
+        n = count * SAMPLES_PER_FRAME + config.audio.n_fft - config.audio.hop_length
+        audio.append(torch.from_numpy(e.audio[start : start + n]))
+        frames = np.arange(first + 1, first + 1 + count)
+        inside = (frames >= 0) & (frames < len(e.mouth))
+        target = np.zeros((count, 2), np.float32)
+        target[inside] = e.mouth[frames[inside]]
+        aux_t.append(torch.from_numpy(target))
+        aux_m.append(torch.from_numpy(inside.astype(np.float32)))
+    return WindowBatch(
+        x0=torch.stack(x0),
+        cond=torch.stack(cond),
+        audio=torch.stack(audio),
+        aux_target=torch.stack(aux_t),
+        aux_mask=torch.stack(aux_m),
+        weight=torch.stack(weight),
+        items=list(items),
+    )
+
+
+def audio_tokens(
+    model: LiveHumanModel, batch: WindowBatch, config: ModelConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (B, F, D), tokens (B, W, K, D)) for a batch, through the trainable encoder."""
+    features = model.audio(batch.audio)
+    first, _ = window_audio_span(config, 0)
+    a = config.audio
+    tokens = latent_audio_tokens(
+        features, first, 0, config.scheduler.window, a.context_before_frames, a.context_after_frames
+    )
+    return features, tokens

@@ -1,0 +1,144 @@
+"""Training: data recipes, losses that go down, exact resume, exact latent rescaling, a whole smoke run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.config import get_preset
+from engine.models.livehuman import LiveHumanModel
+from engine.training import data
+from engine.training.distill_stage import STUDENT_STEPS
+from engine.training.dit_stage import MouthProbe, aux_loss, flow_matching_loss
+from engine.training.pipeline import PLANS, train
+from engine.training.stage import RunState, cosine_lr, run_stage, step_rng
+from engine.training.vae_stage import normalize_latents, to_model_frames, vae_batch, vae_loss
+from engine.training.windows import audio_tokens, encode_clips, sample_items, window_batch
+from engine.weights import load_model
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[data.Clip]:
+    return [data.make_clip("train", i, seed=7) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def model() -> LiveHumanModel:
+    torch.manual_seed(0)
+    return LiveHumanModel(get_preset("tiny"))
+
+
+def test_clip_is_a_pure_function_of_its_index_and_round_trips(tmp_path, clips):
+    again = data.make_clip("train", 0, seed=7)
+    assert np.array_equal(again.audio, clips[0].audio)
+    assert np.array_equal(again.track.mouth_open, clips[0].track.mouth_open)
+    assert data.make_clip("val", 0, seed=7).meta["voice"] != "" and clips[0].identity != clips[1].identity
+    clips[0].save(tmp_path / "c.npz")
+    loaded = data.Clip.load(tmp_path / "c.npz")
+    assert np.abs(loaded.audio - clips[0].audio).max() < 1e-4  # int16 storage
+    assert np.array_equal(loaded.frames(0, 5), clips[0].frames(0, 5))
+    assert loaded.meta["text"] == clips[0].meta["text"] and len(loaded.audio) == 640 * loaded.num_frames
+
+
+def test_splits_hold_out_voices(clips):
+    val = [data.make_clip("val", i, seed=7) for i in range(3)]
+    assert {c.meta["voice"] for c in val}.isdisjoint({c.meta["voice"] for c in clips})
+
+
+def _losses_fall(fn, params, steps: int = 12, lr: float = 2e-3) -> tuple[float, float]:
+    opt = torch.optim.Adam(params, lr=lr)
+    first = last = 0.0
+    for i in range(steps):
+        opt.zero_grad()
+        loss = fn()
+        loss.backward()
+        opt.step()
+        first = loss.item() if i == 0 else first
+        last = loss.item()
+    return first, last
+
+
+def test_vae_loss_goes_down(clips, model):
+    rng, gen = step_rng(0, "test", 0)
+    video, weight = vae_batch(clips, rng, batch=2, crop=32, size=128)
+    first, last = _losses_fall(
+        lambda: vae_loss(model.vae, video, weight, 1e-6, gen)["loss"], model.vae.parameters()
+    )
+    assert last < 0.8 * first
+
+
+def test_latent_rescaling_is_exact(clips):
+    torch.manual_seed(1)
+    vae = LiveHumanModel(get_preset("tiny")).vae.eval()
+    video = to_model_frames(clips[0].frames(0, 9))[None]
+    with torch.no_grad():
+        before_latent, _ = vae.encode(video)
+        before = vae.decode(before_latent)
+        std = normalize_latents(vae, clips, 128)
+        after_latent, _ = vae.encode(video)
+        after = vae.decode(after_latent)
+    assert torch.allclose(after_latent * std.view(1, -1, 1, 1, 1), before_latent, atol=1e-4)
+    assert torch.allclose(after, before, atol=1e-4)
+
+
+def test_dit_flow_matching_and_mouth_probe_losses_go_down(clips, model):
+    config = model.config
+    encoded = encode_clips(model.eval(), clips, max_frames=41)
+    rng, gen = step_rng(0, "test", 1)
+    batch = window_batch(encoded, sample_items(encoded, rng, 4, config.scheduler.window), config, 4.0)
+    probe = MouthProbe(config.audio.dim)
+
+    def loss() -> torch.Tensor:
+        features, tokens = audio_tokens(model, batch, config)
+        g = torch.Generator().manual_seed(0)  # the same noise each step: the loss must fall on it
+        return flow_matching_loss(model, batch, tokens, g) + aux_loss(probe, features, batch)
+
+    params = [*model.dit.parameters(), *model.audio.parameters(), *probe.parameters()]
+    first, last = _losses_fall(loss, params, steps=10, lr=1e-3)
+    assert last < 0.8 * first
+    assert batch.cond.shape[1] == 2 * config.dit.latent_channels + 1 and batch.aux_mask.sum() > 0
+
+
+def test_a_stopped_stage_resumes_to_the_same_weights(tmp_path):
+    def run(out, stop_at: int | None) -> torch.Tensor:
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, 1)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+
+        def step(i: int) -> dict[str, float]:
+            if i == stop_at:
+                raise KeyboardInterrupt
+            _, gen = step_rng(3, "toy", i)
+            x = torch.randn(8, 4, generator=gen)
+            loss = (net(x) - x.sum(1, keepdim=True)).pow(2).mean()
+            loss.backward()
+            return {"loss": loss.item()}
+
+        run_stage(out, "toy", {"net": net}, opt, 10, step, cosine_lr(1e-2, 10, warmup=2), save_every=3)
+        return net.weight.detach().clone()
+
+    whole = run(tmp_path / "a", None)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", 7)
+    resumed = run(tmp_path / "b", None)
+    assert torch.equal(whole, resumed)
+    assert (tmp_path / "b" / "logs" / "toy.jsonl").read_text().count("\n") >= 10
+
+
+def test_smoke_training_run_saves_a_loadable_model_and_resumes_as_done(tmp_path):
+    out = train("tiny", tmp_path / "run", PLANS["smoke"], seed=0)
+    model = load_model(out)
+    assert model.config.name == "tiny"
+    state = RunState(tmp_path / "run")
+    for stage in ("data", "vae", "audio", "dit", "trajectories", "distill"):
+        assert state.done(stage), stage
+    assert np.isfinite(state.data["stages"]["vae"]["psnr"])
+    mtime = (out / "model.safetensors").stat().st_mtime_ns
+    train("tiny", tmp_path / "run", PLANS["smoke"], seed=0)  # everything done: nothing retrains
+    assert (out / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_the_full_plan_distils_a_teacher_of_at_least_40_steps_into_4_2_1():
+    assert PLANS["full"].distill.teacher_steps >= 40
+    assert set(STUDENT_STEPS) == {4, 2, 1}
