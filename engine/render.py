@@ -1,26 +1,35 @@
-"""Offline render: portrait + audio file -> mp4, through the same scheduler the live path uses."""
+"""Offline render: portrait + audio -> frames or an mp4, through the same scheduler the live path uses.
+
+``render_frames`` is the array-level core (portrait and samples in, frames and report out) that
+evaluation drives directly; ``render`` wraps it with file decoding and an mp4 writer. Both run one
+loop, so an evaluated model is scored on exactly the frames a user's render would contain.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from engine.config import FPS, BlendMode, ModelConfig
+from engine.config import FPS, MODEL_SAMPLE_RATE, BlendMode, ModelConfig
 from engine.generator import Conditioning
 from engine.media import Mp4Writer, read_audio, read_image
 from engine.metrics import SeamMeter
 from engine.runtime.base import Backend
-from engine.scheduler import Scheduler
+from engine.scheduler import OutputFrame, Scheduler
 
 log = logging.getLogger(__name__)
 
 PUSH_CHUNK_S = 1.0  # offline pushes in big chunks: the output does not depend on chunking
+
+FrameSink = Callable[[OutputFrame], None]
+Progress = Callable[[int, int], None]  # (frames done, frames expected)
 
 
 def with_overrides(
@@ -50,39 +59,104 @@ def render(
     config = config or backend.config
     decoded = read_audio(audio)
     portrait = read_image(image, config.height, config.width)
-    wall_start = time.perf_counter()
-    conditioning = Conditioning.from_portrait(backend, portrait, prompt)
-    scheduler = Scheduler(backend, conditioning, config, seed=seed, portrait=portrait)
-    samples = decoded.mono()
-    chunk = max(int(PUSH_CHUNK_S * decoded.sample_rate), 1)
-    push_start = time.perf_counter()
-    for offset in range(0, len(samples), chunk):
-        scheduler.push_audio(samples[offset : offset + chunk], decoded.sample_rate)
-    scheduler.end_input()
-
-    meter = SeamMeter(config.scheduler.stride)
     total = round(decoded.duration_s * FPS)
-    first_frame_at: float | None = None
-    frames = 0
     with (
         Mp4Writer(out, config.width, config.height) as writer,
         tqdm(total=total, unit="frame", desc="render", disable=not progress, leave=False) as bar,
     ):
-        while not scheduler.done:
-            worked = scheduler.work()
-            meter.window_starts.update(4 * r.start for r in scheduler.records if r.steps and r.start > 0)
-            released = scheduler.release()
-            for frame in released:
-                writer.write(frame.rgb, frame.audio)
-                meter.update(frame.rgb)
-            if released and first_frame_at is None:
-                first_frame_at = time.perf_counter()
-            frames += len(released)
-            bar.update(len(released))
-            if not worked and not released:
-                raise RuntimeError("scheduler stalled: no window is ready after end of input")
+        return render_each(
+            backend,
+            portrait,
+            decoded.mono(),
+            decoded.sample_rate,
+            config,
+            seed=seed,
+            prompt=prompt,
+            sink=lambda frame: writer.write(frame.rgb, frame.audio),
+            progress=lambda done, _total: bar.update(done - bar.n),
+        )
+
+
+def render_frames(
+    backend: Backend,
+    portrait: np.ndarray,
+    audio: np.ndarray,
+    config: ModelConfig | None = None,
+    *,
+    sample_rate: int = MODEL_SAMPLE_RATE,
+    seed: int = 0,
+    prompt: str = "",
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """``audio`` (mono float32) spoken by ``portrait`` ((H, W, 3) uint8 at the config's size).
+
+    Returns ``(frames, report)``: frames (round(seconds * 25), H, W, 3) uint8 as ``render`` would
+    encode them, and the same report.
+    """
+    config = config or backend.config
+    expected = (config.height, config.width, 3)
+    if portrait.shape != expected or portrait.dtype != np.uint8:
+        raise ValueError(f"portrait must be uint8 {expected}, got {portrait.dtype} {portrait.shape}")
+    frames: list[np.ndarray] = []
+    report = render_each(
+        backend,
+        portrait,
+        np.asarray(audio, np.float32),
+        sample_rate,
+        config,
+        seed=seed,
+        prompt=prompt,
+        sink=lambda frame: frames.append(frame.rgb),
+        progress=progress,
+    )
+    stacked = np.stack(frames) if frames else np.zeros((0, *expected), np.uint8)
+    return stacked, report
+
+
+def render_each(
+    backend: Backend,
+    portrait: np.ndarray,
+    samples: np.ndarray,
+    sample_rate: int,
+    config: ModelConfig,
+    *,
+    sink: FrameSink,
+    seed: int = 0,
+    prompt: str = "",
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Push all audio, then generate and hand every released frame to ``sink`` in order; returns
+    the report. For runs too long to hold in memory (``render_frames`` keeps every frame)."""
+    duration_s = len(samples) / sample_rate
+    wall_start = time.perf_counter()
+    conditioning = Conditioning.from_portrait(backend, portrait, prompt)
+    scheduler = Scheduler(backend, conditioning, config, seed=seed, portrait=portrait)
+    chunk = max(int(PUSH_CHUNK_S * sample_rate), 1)
+    push_start = time.perf_counter()
+    for offset in range(0, len(samples), chunk):
+        scheduler.push_audio(samples[offset : offset + chunk], sample_rate)
+    scheduler.end_input()
+
+    meter = SeamMeter(config.scheduler.stride)
+    total = round(duration_s * FPS)
+    first_frame_at: float | None = None
+    frames = 0
+    while not scheduler.done:
+        worked = scheduler.work()
+        meter.window_starts.update(4 * r.start for r in scheduler.records if r.steps and r.start > 0)
+        released = scheduler.release()
+        for frame in released:
+            sink(frame)
+            meter.update(frame.rgb)
+        if released and first_frame_at is None:
+            first_frame_at = time.perf_counter()
+        frames += len(released)
+        if released and progress is not None:
+            progress(frames, total)
+        if not worked and not released:
+            raise RuntimeError("scheduler stalled: no window is ready after end of input")
     wall_s = time.perf_counter() - wall_start
-    return _report(scheduler, meter, decoded.duration_s, frames, wall_s, first_frame_at, push_start, config)
+    return _report(scheduler, meter, duration_s, frames, wall_s, first_frame_at, push_start, config)
 
 
 def _report(

@@ -47,6 +47,87 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from engine.config import get_preset
+    from engine.training.pipeline import PLANS, train
+
+    get_preset(args.preset)  # an unknown preset is a one-line error before any work starts
+    model_dir = train(args.preset, Path(args.out), PLANS[args.plan], seed=args.seed)
+    log.info("trained model in %s (use it with --preset %s)", model_dir, model_dir)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """Score a model on held-out synthetic clips (see engine/training/evaluate.py)."""
+    from tqdm import tqdm
+
+    from benchmarks.common import environment
+    from engine.training import evaluate
+    from livehuman.backends import load_backend
+
+    try:
+        steps = tuple(int(s) for s in args.steps.split(","))
+    except ValueError:
+        raise ConfigError(f"--steps must be comma-separated integers, got {args.steps!r}") from None
+    if not steps or any(s not in (1, 2, 3, 4) for s in steps):
+        raise ConfigError(f"--steps takes step counts from 1 to 4, got {args.steps!r}")
+    if args.clips < 1:
+        raise ConfigError(f"--clips must be at least 1, got {args.clips}")
+    if args.drift_minutes < 0:
+        raise ConfigError(f"--drift-minutes must not be negative, got {args.drift_minutes}")
+    backend = load_backend(args.backend, args.preset)
+    clips = evaluate.heldout_clips(args.clips, seed=args.seed)
+    with tqdm(unit="run", desc="eval", leave=False) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = evaluate.evaluate(
+            backend,
+            clips,
+            steps,
+            drift_seconds=60.0 * args.drift_minutes,
+            progress=progress,
+            seed=args.seed,
+            model=str(args.preset),
+            machine=environment(),
+        )
+    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+    for count, figures in report["steps"].items():
+        failed = evaluate.failed_bars(figures)
+        log.info(
+            "eval steps %s: %s; %s",
+            count,
+            evaluate.summary(figures),
+            f"misses {failed}" if failed else "passes",
+        )
+    log.info("wrote %s (%d clips, %.1f s)", args.report, len(clips), report["durations_s"])
+    if args.write_fallback:
+        _write_fallback(Path(args.preset), evaluate.passing_steps(report))
+    return 0
+
+
+def _write_fallback(model_dir: Path, passing: list[int]) -> None:
+    """Let the live scheduler shed only to step counts this evaluation passed."""
+    import dataclasses
+
+    from engine.config import ModelConfig
+    from engine.weights import CONFIG_NAME
+
+    path = model_dir / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"--write-fallback needs a model directory as --preset, got '{model_dir}'")
+    config = ModelConfig.load(path)
+    ladder = tuple(n for n in passing if n < config.scheduler.steps)
+    config = dataclasses.replace(
+        config, scheduler=dataclasses.replace(config.scheduler, fallback_steps=ladder)
+    )
+    config.save(path)
+    log.info("%s: scheduler.fallback_steps = %s", path, list(ladder))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livehuman", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -56,7 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--image", required=True, help="portrait image (png, jpg, ...)")
     render.add_argument("--audio", required=True, help="speech (wav, mp3, flac, ogg)")
     render.add_argument("--out", required=True, help="output .mp4 (H.264 + AAC)")
-    render.add_argument("--preset", default="tiny", help="preset name or a model directory")
+    render.add_argument(
+        "--preset",
+        default="default",
+        help="default (the shipped trained model), a preset name (random weights) or a model directory",
+    )
     render.add_argument("--steps", type=int, choices=(1, 2, 3, 4), help="sampling steps (default: config)")
     render.add_argument("--seed", type=int, default=0)
     render.add_argument("--blend", choices=("linear", "cosine", "none"), help="overlap blend")
@@ -69,6 +154,38 @@ def build_parser() -> argparse.ArgumentParser:
         "or take an export directory as --preset)",
     )
     render.set_defaults(handler=_render)
+    train = commands.add_parser(
+        "train", help="train the default model family on synthetic avatar data (resumes if stopped)"
+    )
+    train.add_argument("--preset", default="tiny", help="model preset to train (default tiny)")
+    train.add_argument("--out", required=True, help="output directory; the model lands in OUT/model")
+    train.add_argument(
+        "--plan", choices=("full", "smoke"), default="full", help="full (~1 h on 2 CPU cores) or smoke (CI)"
+    )
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(handler=_train)
+    evaluate = commands.add_parser(
+        "eval", help="score a model on held-out synthetic clips (lip sync, idle, drift)"
+    )
+    evaluate.add_argument("--preset", required=True, help="model directory or preset name")
+    evaluate.add_argument("--report", required=True, help="write the JSON report here")
+    evaluate.add_argument("--clips", type=int, default=8, help="held-out clips (default 8)")
+    evaluate.add_argument("--steps", default="4,2,1", help="comma-separated step counts (default 4,2,1)")
+    evaluate.add_argument(
+        "--drift-minutes",
+        type=float,
+        default=0.0,
+        help="one long run per step count for drift (default 0: none)",
+    )
+    evaluate.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument(
+        "--write-fallback",
+        action="store_true",
+        help="write the passing step counts below the model's own into DIR/config.json as the live "
+        "scheduler's load-shedding ladder (scheduler.fallback_steps)",
+    )
+    evaluate.set_defaults(handler=_eval)
     stream.cli.add_commands(commands)
     export.cli.add_commands(commands)
     benchmarks.cli.add_commands(commands)
