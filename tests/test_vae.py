@@ -50,7 +50,7 @@ def test_shapes(vae: CausalVAE, T: int) -> None:
     assert mean.shape == logvar.shape == (2, 8, T, LATENT, LATENT)
     decoded = vae.decode(mean)
     assert decoded.shape == frames.shape
-    assert decoded.abs().max() <= 1  # tanh output
+    assert torch.isfinite(decoded).all()  # unbounded: colour shortcut + detail; consumers clamp
     step, _ = vae.decode_step(mean[:, :, :1], vae.decoder_cache(2, LATENT, LATENT))
     assert step.shape == (2, 3, 4, SIZE, SIZE)
 

@@ -202,6 +202,30 @@ def _levels(cfg: VAEConfig) -> tuple[int, int]:
     return levels, steps
 
 
+def colour_to_latent(frames: torch.Tensor, cfg: VAEConfig) -> torch.Tensor:
+    """Frames (B, 4T, 3, H, W) -> each latent's mean colour, (B, T, C_lat, h, w), channels tiled.
+
+    The residual shortcut of DC-AE (Chen et al. 2024), reduced to colour: the latent starts out
+    as the block-mean colour of its frames and the convs learn only what differs. Without it a
+    small VAE spends thousands of steps learning to carry flat colour through its bottleneck,
+    which is most of what an identity is; with it colours are right from the first step.
+    """
+    B, F_, _, H, W = frames.shape
+    tf, C = cfg.temporal_factor, cfg.latent_channels
+    pooled = _per_frame(F.avg_pool2d, frames, cfg.spatial_factor)  # (B, 4T, 3, h, w)
+    pooled = pooled.unflatten(1, (F_ // tf, tf)).mean(dim=2)  # (B, T, 3, h, w)
+    return pooled.repeat(1, 1, -(-C // 3), 1, 1)[:, :, :C]
+
+
+def latent_to_colour(latents: torch.Tensor, cfg: VAEConfig) -> torch.Tensor:
+    """Latents (B, T, C_lat, h, w) -> the colour they carry, (B, 4T, 3, H, W): the mean of each
+    colour's tiled channels, upsampled bilinearly and held over the latent's frames."""
+    colour = torch.stack([latents[:, :, c::3].mean(dim=2) for c in range(3)], dim=2)[:, :, :, None]
+    colour = colour.expand(-1, -1, -1, cfg.temporal_factor, -1, -1)  # (B, T, 3, 4, h, w)
+    colour = colour.permute(0, 1, 3, 2, 4, 5).flatten(1, 2)  # (B, 4T, 3, h, w)
+    return _per_frame(F.interpolate, colour, None, cfg.spatial_factor, "bilinear")
+
+
 class VAEEncoder(nn.Module):
     """Frames (B, 4T, 3, H, W) -> moments (B, T, 2*C_lat, H/8, W/8), frames-major.
 
@@ -226,19 +250,23 @@ class VAEEncoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.norm_out = VAERMSNorm(ch)
         self.conv_out = CausalConv3d(ch, 2 * cfg.latent_channels, kernels[-1])
+        self.cfg = cfg
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = colour_to_latent(x, self.cfg)  # (B, T, C_lat, h, w)
         # 1. Pixels to features.
         x = self.conv_in(x)  # (B, 4T, C0, H, W)
         # 2. Res blocks per level; space halves at each level change, time at the lowest ones.
         for block in self.blocks:
             x = block(x)  # (B, T', C, H', W')
-        # 3. Mean and log-variance, stacked on channels.
-        return self.conv_out(F.silu(self.norm_out(x)))  # (B, T, 2*C_lat, h, w)
+        # 3. Mean and log-variance, stacked on channels; the mean rides on the colour shortcut.
+        moments = self.conv_out(F.silu(self.norm_out(x)))  # (B, T, 2*C_lat, h, w)
+        C = self.cfg.latent_channels
+        return torch.cat([moments[:, :, :C] + shortcut, moments[:, :, C:]], dim=2)
 
 
 class VAEDecoder(nn.Module):
-    """Latents (B, T, C_lat, h, w) + cache -> frames (B, 4T, 3, 8h, 8w) in [-1, 1], frames-major.
+    """Latents (B, T, C_lat, h, w) + cache -> frames (B, 4T, 3, 8h, 8w) about [-1, 1] (unclamped), frames-major.
 
     Mirrors the encoder at half its width: levels run from the latent resolution up, the first
     ``temporal_levels`` are causal 3D, and the first log2(temporal_factor) levels double time.
@@ -266,6 +294,7 @@ class VAEDecoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.norm_out = VAERMSNorm(ch)
         self.conv_out = CausalConv3d(ch, 4 * cfg.in_channels, kernels[-1])
+        self.cfg = cfg
 
     def cache_shapes(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
         """(frames, H, W, C) of every cache entry, in the order forward() reads them."""
@@ -278,6 +307,7 @@ class VAEDecoder(nn.Module):
         return shapes
 
     def forward(self, x: torch.Tensor, cache: _CacheCursor) -> torch.Tensor:
+        shortcut = latent_to_colour(x, self.cfg)  # (B, 4T, 3, H, W)
         # 1. Latents to features.
         x = self.conv_in(x, cache)  # (B, T, C0, h, w)
         # 2. Res blocks per level; time doubles at the lowest levels, space at each level change.
@@ -285,8 +315,8 @@ class VAEDecoder(nn.Module):
             x = block(x, cache)  # (B, T', C, H', W')
         # 3. Sub-pixel head: each pixel of the 2x2 block gets its own kernel, so no checkerboard.
         x = self.conv_out(F.silu(self.norm_out(x)), cache)  # (B, 4T, 4*3, H/2, W/2)
-        # 4. Squash into the [-1, 1] the rest of the engine expects.
-        return torch.tanh(_per_frame(F.pixel_shuffle, x, 2))  # (B, 4T, 3, H, W)
+        # 4. Detail on top of the latent's own colour (consumers clamp to [-1, 1]).
+        return _per_frame(F.pixel_shuffle, x, 2) + shortcut  # (B, 4T, 3, H, W)
 
 
 class CausalVAE(nn.Module):

@@ -38,7 +38,7 @@ class DistillConfig:
     teacher_steps: int = 40
     trajectories: int = 768
     chunk: int = 64
-    steps: int = 1400
+    steps: int = 800
     batch: int = 16
     lr: float = 1e-4
 

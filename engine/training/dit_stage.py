@@ -30,7 +30,7 @@ from engine.training.windows import EncodedClip, WindowBatch, audio_tokens, samp
 @dataclass(frozen=True)
 class DiTTrainConfig:
     audio_steps: int = 300
-    steps: int = 2000
+    steps: int = 1500
     batch: int = 16
     lr: float = 4e-4
     audio_lr: float = 1e-3

@@ -30,7 +30,12 @@ from engine.training.dit_stage import (
     probe_correlation,
 )
 from engine.training.stage import RunState, cosine_lr, run_stage
-from engine.training.vae_stage import VAETrainConfig, normalize_latents, vae_metrics, vae_step_fn
+from engine.training.vae_stage import (
+    VAETrainConfig,
+    start_with_small_posterior_noise,
+    vae_metrics,
+    vae_step_fn,
+)
 from engine.training.windows import EncodedClip, encode_clips
 from engine.weights import load_model, save_model
 
@@ -45,7 +50,7 @@ class TrainPlan:
     val_clips: int = 16
     # Frames of each clip encoded for the DiT stages: enough windows per identity, at a cost
     # (the encoder at full resolution) that stays a few minutes.
-    encode_frames: int = 201
+    encode_frames: int = 161
     camera_fraction: float = 0.0
     vae: VAETrainConfig = field(default_factory=VAETrainConfig)
     dit: DiTTrainConfig = field(default_factory=DiTTrainConfig)
@@ -117,18 +122,16 @@ def train(preset: str, out_dir: Path, plan: TrainPlan, seed: int = 0, data_dir: 
     if not state.done("vae"):
         t0 = time.perf_counter()
         cfg = plan.vae
+        start_with_small_posterior_noise(model.vae)
         opt = torch.optim.AdamW(model.vae.parameters(), lr=cfg.lr, weight_decay=0.0)
         tail = run_stage(
             out_dir, "vae", {"vae": model.vae}, opt, cfg.steps,
             vae_step_fn(model.vae, train_clips, cfg, config.height, seed),
             cosine_lr(cfg.lr, cfg.steps), progress=progress,
         )  # fmt: skip
-        std = normalize_latents(model.vae, train_clips[:8], config.height)
         metrics = vae_metrics(model.vae, val_clips[:4], config.height)
         save_model(model, out_dir / "stages" / "vae")
-        state.record(
-            "vae", seconds=round(time.perf_counter() - t0, 1), **tail, **metrics, latent_std=std.tolist()
-        )
+        state.record("vae", seconds=round(time.perf_counter() - t0, 1), **tail, **metrics)
 
     # 3. Latents of every clip, once.
     encoded = _encoded(out_dir, model, train_clips, "train", plan.encode_frames, progress)
