@@ -83,7 +83,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="tiny", help="preset name or model directory (default tiny)")
+    parser.add_argument(
+        "--preset",
+        default="default",
+        help="preset name or model directory (default: the shipped trained model)",
+    )
     parser.add_argument(
         "--backend",
         default="torch",

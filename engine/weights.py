@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# The name every command defaults to: the trained model shipped in the package.
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default_model"
 
 
 class WeightsError(ValueError):
@@ -58,8 +61,9 @@ def load_model(directory: str | Path) -> LiveHumanModel:
 
 
 def resolve_model(preset: str) -> LiveHumanModel:
-    """``preset`` is a directory with weights, or a preset name (deterministic random weights)."""
-    path = Path(preset)
+    """``preset`` is ``default`` (the shipped trained model), a directory with weights, or a
+    preset name (deterministic random weights)."""
+    path = DEFAULT_MODEL_DIR if preset == DEFAULT_MODEL else Path(preset)
     if path.is_dir():
         return load_model(path)
     config = get_preset(preset)

@@ -45,7 +45,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export", help="export a model to ONNX or TensorRT, with a parity report against torch"
     )
-    parser.add_argument("--preset", default="tiny", help="preset name or a model directory")
+    parser.add_argument(
+        "--preset",
+        default="default",
+        help="default (the shipped trained model), a preset name (random weights) or a model directory",
+    )
     parser.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx")
     parser.add_argument(
         "--out", required=True, help="directory for the graphs, manifest.json and parity.json"

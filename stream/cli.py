@@ -52,7 +52,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--preset", default="tiny", help="preset name or a model directory")
+    parser.add_argument(
+        "--preset",
+        default="default",
+        help="default (the shipped trained model), a preset name (random weights) or a model directory",
+    )
     parser.add_argument("--max-sessions", type=int, default=4, help="concurrent sessions before 503")
     parser.add_argument(
         "--idle-timeout", type=float, default=120.0, help="close idle sessions after S seconds"

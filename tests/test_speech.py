@@ -31,8 +31,9 @@ def test_synthesize_hello_world_timings_follow_audio():
     assert len(vowels) == 3
     vowel_rms = np.mean([_span_rms(s.samples, p) for p in vowels])
     n0 = int(0.01 * SR)  # espeak's leading silence plus the "_:" pause spans
-    silent = [s.samples[:n0]] + [s.samples[int(p.start * SR) : int(p.end * SR)]
-                                 for p in s.phonemes if visemes.is_silence(p.symbol)]
+    silent = [s.samples[:n0]] + [
+        s.samples[int(p.start * SR) : int(p.end * SR)] for p in s.phonemes if visemes.is_silence(p.symbol)
+    ]
     silence_rms = np.sqrt(np.mean(np.concatenate(silent).astype(np.float64) ** 2))
     assert vowel_rms > 3 * silence_rms
 

@@ -266,7 +266,9 @@ class VAEEncoder(nn.Module):
 
 
 class VAEDecoder(nn.Module):
-    """Latents (B, T, C_lat, h, w) + cache -> frames (B, 4T, 3, 8h, 8w) about [-1, 1] (unclamped), frames-major.
+    """Latents (B, T, C_lat, h, w) + cache -> frames (B, 4T, 3, 8h, 8w), frames-major.
+
+    Frames are about [-1, 1] but unclamped: the colour shortcut is added after the last conv.
 
     Mirrors the encoder at half its width: levels run from the latent resolution up, the first
     ``temporal_levels`` are causal 3D, and the first log2(temporal_factor) levels double time.
