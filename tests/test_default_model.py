@@ -1,0 +1,60 @@
+"""The shipped default model, on held-out identities, voices and sentences, at 4 steps, through
+the real streaming scheduler.
+
+What these tests guard is what the shipped model does today (measured in
+benchmarks/results/quality-student-*.json): a face of the held-out identity that keeps its colours,
+a mouth that stays closed in pauses (with digital silence and with noise 20 dB below the speech),
+and a mouth that follows the speech far better than chance. The issue's lip-sync bars (corr 0.9 /
+0.85 on speech frames) and seam bar (1.15) are NOT met yet: this model scores about 0.58 / 0.28
+and a seam ratio of about 2.5, below a loudness-driven mouth (about 0.69 / 0.40). They are
+tracked in issue 6, not asserted here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.training.evaluate import evaluate, heldout_clips
+from engine.weights import DEFAULT_MODEL, DEFAULT_MODEL_DIR, load_model
+from livehuman.backends import load_backend
+
+CLIPS = 3
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    threads = torch.get_num_threads()
+    try:
+        backend = load_backend("torch", DEFAULT_MODEL)
+        clips = heldout_clips(CLIPS, seed=1, max_frames=200)
+        return evaluate(backend, clips, steps_list=(4,), validation={"clips": 2, "frames": 100})
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_default_model_ships_with_the_package():
+    model = load_model(DEFAULT_MODEL_DIR)
+    assert model.config.name == "tiny"
+    # Only step counts that passed evaluation may join the load-shedding ladder: none did yet.
+    assert model.config.scheduler.fallback_steps == ()
+
+
+def test_the_mouth_follows_held_out_speech_far_better_than_chance(report):
+    figures = report["steps"]["4"]
+    assert figures["lipsync_corr"] >= 0.4, figures  # random weights score about 0
+    assert figures["speech_open_frac"] >= 0.2, figures  # it opens on speech, not only stays shut
+
+
+def test_the_mouth_stays_closed_in_pauses_even_with_background_noise(report):
+    figures = report["steps"]["4"]
+    assert figures["idle_frames"] > 0
+    assert figures["idle_closed_frac"] >= 0.95, figures
+    assert figures["idle_closed_frac_noise"] >= 0.95, figures
+
+
+def test_the_face_keeps_the_reference_identity_and_colours(report):
+    figures = report["steps"]["4"]
+    assert figures["identity_distance"] < 3.0, figures  # mean CIEDE2000 to the portrait
+    assert figures["drift_final"] < 3.0, figures
+    assert figures["motion_above_floor"], figures
