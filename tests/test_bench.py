@@ -217,12 +217,7 @@ def test_e2e_smoke_stamps_round_trip_and_a_known_delay_shows_up_in_full(tmp_path
     frames = result["frames"]
     assert frames["received"] >= 100
     assert frames["unreadable"] == 0 and frames["stamp_mismatch"] == 0, "every stamp read back exactly"
-    # Stamps show the picture, so repeats are visible: every repeat and every picture missing
-    # between stamps must be one the server itself reports (a loaded CI machine makes some).
-    server_repeats = frames["server"]["repeated"]
-    assert frames["repeated"] <= server_repeats and frames["dropped"] <= server_repeats, frames
-    if server_repeats == 0:
-        assert frames["dropped"] == 0 and frames["repeated"] == 0, frames["gaps"]
+    assert frames["dropped"] == 0 and frames["repeated"] == 0, frames["gaps"]
     assert list(result["config"]["scheduler"]["fallback_steps"]) == [], "degradation off"
     delay = result["latency_budget"]["playout_delay_ms"]
     g2g = result["glass_to_glass_all_frames_ms"]
