@@ -52,17 +52,10 @@ class OutputFrame:
     audio: np.ndarray  # (1920,) float32 at 48 kHz: the audio that drove this frame
     segment_id: int | None  # the speech segment that drove it; None while idle
     repeated: bool = False  # the frame was not ready in time and the previous one was shown
-    # The frame whose picture this is: ``index`` itself, except on a repeat, where it is the
-    # earlier frame shown again. Bench stamps draw it, so a viewer can count repeats.
-    picture_index: int | None = None
 
     @property
     def pts(self) -> float:
         return self.index / FPS
-
-    @property
-    def shown_index(self) -> int:
-        return self.index if self.picture_index is None else self.picture_index
 
 
 @dataclass(frozen=True)
@@ -154,8 +147,6 @@ class Scheduler:
         self._last_rgb = (
             portrait if portrait is not None else np.zeros((config.height, config.width, 3), np.uint8)
         )
-        # The index of the frame whose picture was released last; None while that is the portrait.
-        self._last_picture: int | None = None
         self._max_buffered = max_buffered_frames
         self._ended = False
         self._total_frames: int | None = None
@@ -454,21 +445,20 @@ class Scheduler:
                 out.append(self._frame(index, self._pending.popleft()[1], repeated=False))
             else:
                 self.stats.repeated += 1
-                out.append(self._frame(index, self._last_rgb, repeated=True, picture=self._last_picture))
+                out.append(self._frame(index, self._last_rgb, repeated=True))
         return out
 
-    def _frame(self, index: int, rgb: np.ndarray, repeated: bool, picture: int | None = None) -> OutputFrame:
+    def _frame(self, index: int, rgb: np.ndarray, repeated: bool) -> OutputFrame:
         start = index * SAMPLES_PER_FRAME
         segment = self.timeline.segment_at(start)
         if segment is None:
             segment = self.timeline.segment_at(start + SAMPLES_PER_FRAME - 1)
         self._track_playback(segment)
         self._last_rgb = rgb
-        self._last_picture = index if picture is None else picture
         self._next_release = index + 1
         self.stats.frames_released += 1
         audio = self.timeline.output.read(RATIO * start, RATIO * start + OUTPUT_SAMPLES_PER_FRAME)
-        return OutputFrame(index, rgb, audio, segment, repeated, picture)
+        return OutputFrame(index, rgb, audio, segment, repeated)
 
     def _track_playback(self, segment: int | None) -> None:
         previous = self._released_segment

@@ -177,15 +177,13 @@ def add_marker(audio: np.ndarray, index: int) -> np.ndarray:
 
 
 def stamp_frame(frame: OutputFrame) -> OutputFrame:
-    """The frame with its picture's index drawn in and its audio marker added: a Session frame hook.
+    """The frame with its index drawn in and its audio marker added: a Session frame hook.
 
-    The picture carries the index of the frame it shows (``shown_index``), so a repeat reads as
-    the earlier frame again and a viewer can count it; the audio, always fresh, carries the
-    slot's own index. Raises ValueError for frames under 64x32 px, which have no room for the
-    code; check the session size before installing the hook.
+    Raises ValueError for frames under 64x32 px, which have no room for the code; check the
+    session size before installing the hook.
     """
     return dataclasses.replace(
-        frame, rgb=draw_stamp(frame.rgb, frame.shown_index), audio=add_marker(frame.audio, frame.index)
+        frame, rgb=draw_stamp(frame.rgb, frame.index), audio=add_marker(frame.audio, frame.index)
     )
 
 

@@ -320,29 +320,3 @@ def test_an_interrupt_while_a_slow_window_computes_still_cuts_its_frames() -> No
     assert watched > 10
     assert all(energy(f) <= watched for f in frames[first_cut_frame:])
     assert all(energy(f) == 0 for f in frames[first_cut_frame + 4 * 2 :])
-
-
-def test_a_repeated_frame_names_the_earlier_picture_it_shows() -> None:
-    """A window that computes too long makes the viewer see the last picture again; the frame
-    says which picture that is, so bench stamps (drawn from it) let a viewer count repeats."""
-    config = fake_config()
-    clock = VirtualClock()
-    backend = FakeBackend(config)
-    sched = make_scheduler(backend, config, clock=clock)
-    stalled = []
-
-    def one_slow_window() -> bool:
-        if sched._state.start == 10 and not stalled:
-            clock.advance(1.2)  # this window takes 1.2 s of (virtual) compute
-            stalled.append(True)
-        return False
-
-    backend.on_dit = one_slow_window
-    frames = run_live(sched, clock, until=4.0, pushes=paced(tone(3.0)))
-    repeats = [f for f in frames if f.repeated]
-    assert stalled and repeats, "the slow window made no repeat"
-    for frame in repeats:
-        earlier = [f for f in frames if f.index < frame.index and not f.repeated]
-        assert frame.shown_index == earlier[-1].index < frame.index
-        assert np.array_equal(frame.rgb, earlier[-1].rgb)
-    assert all(f.shown_index == f.index for f in frames if not f.repeated)

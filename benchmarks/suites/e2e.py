@@ -216,10 +216,8 @@ class SessionData:
             v.image = None  # the stamp is read: free the pixels
         self.pts_index = [v.pts // 3600 for v in video]
         self.received_at = [v.received_at for v in video]
-        # A stamp behind its slot is a repeat of an earlier picture (counted in ``repeated``);
-        # any other disagreement between stamp and timestamp is a mismatch.
         self.stamp_mismatch = sum(
-            1 for i, p in zip(self.indices, self.pts_index, strict=True) if i is not None and i > p
+            1 for i, p in zip(self.indices, self.pts_index, strict=True) if i is not None and i != p
         )
         self.counts = count_frames(self.indices)
         self.first = first_arrivals(self.indices, self.received_at)
