@@ -12,7 +12,6 @@ augmentations (``speech`` keeps them disjoint) and sentences (own seed).
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ import numpy as np
 
 from engine.config import FPS, MODEL_SAMPLE_RATE
 from engine.training import avatar, speech, visemes
-
-log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 # Seed offsets that keep the splits' random streams apart whatever the clip counts.
@@ -62,7 +59,7 @@ class Clip:
         return avatar.portrait(self.identity, self.attributes, size)
 
     def save(self, path: Path) -> None:
-        arrays = {k: v for k, v in self.track.to_arrays().items()}
+        arrays = self.track.to_arrays()
         pcm = np.clip(np.round(self.audio * 32767.0), -32768, 32767).astype(np.int16)
         meta = dict(self.meta, identity=self.identity.to_dict(), attributes=self.attributes.to_dict())
         np.savez_compressed(path, audio=pcm, speech_mask=self.speech_mask, meta=json.dumps(meta), **arrays)

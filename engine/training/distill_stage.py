@@ -14,7 +14,6 @@ count from {4, 2, 1} and one of that count's steps, so all three counts are trai
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,6 @@ from engine.sampler import FlowSampler, shift_sigma
 from engine.training.dit_stage import MouthProbe, aux_loss, dit_velocity
 from engine.training.stage import step_rng
 from engine.training.windows import EncodedClip, audio_tokens, sample_items, window_batch
-
-log = logging.getLogger(__name__)
 
 STUDENT_STEPS = (4, 2, 1)
 

@@ -92,6 +92,22 @@ def flow_matching_loss(
     return err.sum() / (batch.weight.sum() * batch.x0.shape[1])
 
 
+def _draw_batch(
+    encoded: list[EncodedClip],
+    config: ModelConfig,
+    cfg: DiTTrainConfig,
+    seed: int,
+    stage: str,
+    step_index: int,
+    mouth_weight: float,
+    prefix_noise: float,
+) -> tuple[WindowBatch, torch.Generator]:
+    """The step's windows and the generator its noise comes from, both fixed by (seed, stage, step)."""
+    rng, gen = step_rng(seed, stage, step_index)
+    items = sample_items(encoded, rng, cfg.batch, config.scheduler.window)
+    return window_batch(encoded, items, config, mouth_weight, prefix_noise, gen), gen
+
+
 def audio_step_fn(
     model: LiveHumanModel,
     probe: MouthProbe,
@@ -101,10 +117,7 @@ def audio_step_fn(
     seed: int,
 ) -> Callable[[int], dict[str, float]]:
     def step(step_index: int) -> dict[str, float]:
-        rng, gen = step_rng(seed, "audio", step_index)
-        batch = window_batch(
-            encoded, sample_items(encoded, rng, cfg.batch, config.scheduler.window), config, 0.0
-        )
+        batch, _ = _draw_batch(encoded, config, cfg, seed, "audio", step_index, 0.0, 0.0)
         features = model.audio(batch.audio)
         loss = aux_loss(probe, features, batch)
         loss.backward()
@@ -122,9 +135,9 @@ def dit_step_fn(
     seed: int,
 ) -> Callable[[int], dict[str, float]]:
     def step(step_index: int) -> dict[str, float]:
-        rng, gen = step_rng(seed, "dit", step_index)
-        items = sample_items(encoded, rng, cfg.batch, config.scheduler.window)
-        batch = window_batch(encoded, items, config, cfg.mouth_weight, cfg.prefix_noise, gen)
+        batch, gen = _draw_batch(
+            encoded, config, cfg, seed, "dit", step_index, cfg.mouth_weight, cfg.prefix_noise
+        )
         features, tokens = audio_tokens(model, batch, config)
         fm = flow_matching_loss(model, batch, tokens, gen)
         aux = aux_loss(probe, features, batch)

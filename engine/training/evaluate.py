@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.config import FPS, MODEL_SAMPLE_RATE, ConfigError, ModelConfig
+from engine.config import FPS, MODEL_SAMPLE_RATE, SAMPLES_PER_FRAME, ConfigError, ModelConfig
 from engine.render import render_each, render_frames, with_overrides
 from engine.runtime.base import Backend
 from engine.training import data, estimators, speech, visemes
@@ -40,7 +40,6 @@ from engine.training.data import Clip
 
 log = logging.getLogger(__name__)
 
-SAMPLES_PER_FRAME = MODEL_SAMPLE_RATE // FPS
 # Mean |frame difference| (0-255) below which a video counts as frozen and seam_ratio says nothing.
 # The ground-truth renders move 0.3-0.7 (idle sway, blinks, the mouth); ``oracle.motion`` reports it.
 MOTION_FLOOR = 0.2

@@ -174,13 +174,12 @@ def train(preset: str, out_dir: Path, plan: TrainPlan, seed: int = 0, data_dir: 
 
     # 5. Teacher trajectories (cached on disk), then the student.
     dcfg = plan.distill
+    t0 = time.perf_counter()
+    trajectories = cache_trajectories(
+        teacher, encoded, dcfg, out_dir / "trajectories", seed, lambda d, t: progress("teacher", d, t)
+    )
     if not state.done("trajectories"):
-        t0 = time.perf_counter()
-        cache_trajectories(
-            teacher, encoded, dcfg, out_dir / "trajectories", seed, lambda d, t: progress("teacher", d, t)
-        )
         state.record("trajectories", seconds=round(time.perf_counter() - t0, 1), count=dcfg.trajectories)
-    trajectories = cache_trajectories(teacher, encoded, dcfg, out_dir / "trajectories", seed)
     student = _stage_model(out_dir, "teacher", config, seed)
     if not state.done("distill"):
         t0 = time.perf_counter()

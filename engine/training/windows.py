@@ -12,7 +12,6 @@ stream latent k-1, stream frame i is clip frame i+1, and its audio starts at cli
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,8 +24,6 @@ from engine.models.audio import latent_audio_tokens
 from engine.models.livehuman import LiveHumanModel
 from engine.training.data import Clip
 from engine.training.vae_stage import to_model_frames
-
-log = logging.getLogger(__name__)
 
 # Zero padding either side of a clip's audio, so any span near its edges can be cut.
 _AUDIO_PAD_FRAMES = 32
@@ -117,7 +114,9 @@ def window_batch(
         mask = torch.zeros(1, W, h, w)
         mask[:, :O] = 1.0
         motion = torch.zeros_like(window)
-        motion[:, :O] = window[:, :O] + prefix_noise * torch.randn(C, O, h, w, generator=gen)
+        motion[:, :O] = window[:, :O]
+        if prefix_noise:
+            motion[:, :O] += prefix_noise * torch.randn(C, O, h, w, generator=gen)
         cond.append(torch.cat([mask, motion, e.reference.expand(-1, W, -1, -1)]))
         x0.append(window)
         weight.append(1.0 + mouth_weight * e.mouth_mask[k : k + W][None])
