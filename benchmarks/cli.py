@@ -25,6 +25,7 @@ SUITES = {
     "e2e": "glass to glass over loopback WebRTC: latency, A/V offset, jitter, drops, TTFF, interrupt",
     "scale": "concurrent sessions until real time breaks; CPU per extra viewer",
     "backends": "per-component comparison of the backends (benchmarks/backends.py)",
+    "duration": "a long live stream on a virtual clock: memory, bounded state, identity drift",
 }
 
 
@@ -48,12 +49,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                 help="let the live path shed to these step counts under load (default: off, so nothing "
                 "absorbs a delay)",
             )
-        if name == "engine":
-            parser.add_argument("--sweep-seconds", type=float, help="speech per sweep point (default 8)")
-        elif name == "e2e":
             parser.add_argument(
                 "--playout-delay-ms", type=int, help="server playout delay (default: the config's)"
             )
+            parser.add_argument(
+                "--compute-budget-ms",
+                type=int,
+                help="server compute budget per window (default: the config's)",
+            )
+        if name == "engine":
+            parser.add_argument("--sweep-seconds", type=float, help="speech per sweep point (default 8)")
+        elif name == "e2e":
             parser.add_argument("--ttff-trials", type=int, help="sessions opened for time to first frame (3)")
             parser.add_argument("--interrupts", type=int, help="interrupt trials (5)")
             parser.add_argument(

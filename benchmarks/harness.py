@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import threading
@@ -127,26 +128,35 @@ def _round(value: Any) -> Any:
     return value
 
 
-def load_backend(name: str, preset: str, threads: int | None = None) -> tuple[Any, dict[str, Any]]:
+def load_backend(
+    name: str, preset: str, threads: int | None = None, scheduler: Any = None
+) -> tuple[Any, dict[str, Any]]:
     """The backend to benchmark and a note of how it was loaded.
 
     ``livehuman.backends.load_backend`` when it is there; otherwise torch, and the note says so.
+    ``scheduler`` replaces the model's scheduler config first: exported graphs have fixed shapes
+    per window geometry, so another W/O needs its own export (the engine cache keeps each).
     """
     import torch
 
+    from engine.weights import resolve_model
+
     if threads is not None:
         torch.set_num_threads(threads)
+    target: Any = preset  # a preset, a model directory or an export directory
+    if scheduler is not None:
+        target = resolve_model(preset)
+        target.config = dataclasses.replace(target.config, scheduler=scheduler)
     try:
         from livehuman.backends import load_backend as select
     except ImportError as exc:
         from engine.runtime.torch_backend import TorchBackend
-        from engine.weights import resolve_model
 
         note = f"livehuman.backends unavailable ({exc}); fell back to TorchBackend"
         log.warning("%s", note)
-        backend = TorchBackend(resolve_model(preset))
-        return backend, {"requested": name, "loaded": "torch", "note": note}
-    backend = select(name, preset, threads=threads)
+        model = target if scheduler is not None else resolve_model(preset)
+        return TorchBackend(model), {"requested": name, "loaded": "torch", "note": note}
+    backend = select(name, target, threads=threads)
     info = {"requested": name, "loaded": getattr(backend, "name", type(backend).__name__), "note": None}
     return backend, info
 
@@ -199,6 +209,25 @@ def current_peak_mb() -> float | None:
     except OSError:
         return None
     return None
+
+
+@contextlib.contextmanager
+def young_gc_only() -> Iterator[None]:
+    """No full garbage collection while a networked suite measures; young generations still run.
+
+    The client keeps minutes of per-packet and per-frame records, and a full collection over
+    that heap stalled its asyncio loop: two pushes of real-time speech went out 293 ms apart at
+    258.5 s of a 5-minute run, which the server rightly took as the speech stopping (it inserted
+    silence and re-placed the rest of the utterance). Short-lived cycles are still freed by the
+    young generations; the full collection runs once, afterwards.
+    """
+    thresholds = gc.get_threshold()
+    gc.set_threshold(thresholds[0], thresholds[1], 1_000_000_000)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.collect()
 
 
 def monotonic() -> float:

@@ -45,6 +45,7 @@ class BenchServer:
         *,
         threads: int | None = None,
         playout_delay_ms: int | None = None,
+        compute_budget_ms: int | None = None,
         fallback_steps: tuple[int, ...] = (),
         max_sessions: int = 4,
     ) -> None:
@@ -53,6 +54,8 @@ class BenchServer:
             self.args += ["--threads", str(threads)]
         if playout_delay_ms is not None:
             self.args += ["--playout-delay-ms", str(playout_delay_ms)]
+        if compute_budget_ms is not None:
+            self.args += ["--compute-budget-ms", str(compute_budget_ms)]
         self.args += ["--fallback-steps", *map(str, fallback_steps)]
         self.process: subprocess.Popen[str] | None = None
         self.keep_log = False  # set when something went wrong: the log stays for reading

@@ -1,6 +1,6 @@
 """The live server the e2e and scale suites measure, in a process of its own.
 
-    python -m benchmarks.server --preset tiny --backend torch [--playout-delay-ms MS]
+    python -m benchmarks.server --preset tiny --backend torch [--playout-delay-ms MS] [--compute-budget-ms MS]
 
 It is the real app (``stream.app.build_app`` with ``bench_stamp=True``) on 127.0.0.1, plus a probe
 that records, per session, what only the server knows, all on the system-wide monotonic clock the
@@ -172,12 +172,12 @@ async def _probe(request: web.Request) -> web.Response:
 
 
 async def _config(request: web.Request) -> web.Response:
+    from engine.render import with_overrides
     from stream.app import MANAGER_KEY
 
     manager = request.app[MANAGER_KEY]
     changes = await request.json()
-    scheduler = dataclasses.replace(manager.config.scheduler, **_scheduler_changes(changes))
-    manager.config = dataclasses.replace(manager.config, scheduler=scheduler).validate()
+    manager.config = with_overrides(manager.config, **_scheduler_changes(changes))
     return web.json_response({"scheduler": dataclasses.asdict(manager.config.scheduler)})
 
 
@@ -190,17 +190,17 @@ def _scheduler_changes(changes: dict[str, Any]) -> dict[str, Any]:
 
 def build(args: argparse.Namespace) -> tuple[web.Application, dict[str, Any]]:
     from benchmarks.harness import load_backend
+    from engine.render import with_overrides
     from stream.app import MANAGER_KEY, ROUTE_MODULES, ServerConfig, build_app
     from stream.sessions import SessionLimits
 
     backend, backend_info = load_backend(args.backend, args.preset, args.threads)
-    changes: dict[str, Any] = {"fallback_steps": tuple(args.fallback_steps)}
-    if args.playout_delay_ms is not None:
-        changes["playout_delay_ms"] = args.playout_delay_ms
-    config = backend.config
-    config = dataclasses.replace(
-        config, scheduler=dataclasses.replace(config.scheduler, **changes)
-    ).validate()
+    config = with_overrides(
+        backend.config,
+        fallback_steps=tuple(args.fallback_steps),
+        playout_delay_ms=args.playout_delay_ms,
+        compute_budget_ms=args.compute_budget_ms,
+    )
     server_config = ServerConfig(
         host="127.0.0.1",
         port=0,
@@ -208,9 +208,8 @@ def build(args: argparse.Namespace) -> tuple[web.Application, dict[str, Any]]:
         ice_hosts=("127.0.0.1",),
         bench_stamp=True,
     )
-    app = build_app(server_config, backend, routes=(*ROUTE_MODULES, probe_routes))
+    app = build_app(server_config, backend, routes=(*ROUTE_MODULES, probe_routes), model_config=config)
     manager = app[MANAGER_KEY]
-    manager.config = config  # what every session of this server is created with
     probe = Probe()
     app[PROBE_KEY] = probe
     create = manager.create
@@ -264,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--playout-delay-ms", type=int)
+    parser.add_argument("--compute-budget-ms", type=int)
     parser.add_argument("--fallback-steps", type=int, nargs="*", default=[])
     parser.add_argument("--max-sessions", type=int, default=4)
     parser.add_argument("--log-level", default="WARNING")

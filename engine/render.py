@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from engine.config import FPS, MODEL_SAMPLE_RATE, BlendMode, ModelConfig
+from engine.config import FPS, MODEL_SAMPLE_RATE, ModelConfig
 from engine.generator import Conditioning
 from engine.media import Mp4Writer, read_audio, read_image
 from engine.metrics import SeamMeter
@@ -32,16 +32,11 @@ FrameSink = Callable[[OutputFrame], None]
 Progress = Callable[[int, int], None]  # (frames done, frames expected)
 
 
-def with_overrides(
-    config: ModelConfig, steps: int | None = None, blend: BlendMode | None = None
-) -> ModelConfig:
-    """The config with scheduler options from the command line applied (and validated)."""
-    scheduler = config.scheduler
-    if steps is not None:
-        scheduler = dataclasses.replace(scheduler, steps=steps)
-    if blend is not None:
-        scheduler = dataclasses.replace(scheduler, blend=blend)
-    return dataclasses.replace(config, scheduler=scheduler).validate()
+def with_overrides(config: ModelConfig, **scheduler: Any) -> ModelConfig:
+    """The config with scheduler options from the command line applied (None leaves the config's
+    value) and validated, so a bad combination is one ConfigError line before any work starts."""
+    changes = {key: value for key, value in scheduler.items() if value is not None}
+    return dataclasses.replace(config, scheduler=dataclasses.replace(config.scheduler, **changes)).validate()
 
 
 def render(

@@ -26,6 +26,7 @@ from typing import Final
 from aiohttp import web
 
 from engine.clock import Clock
+from engine.config import ModelConfig
 from engine.runtime.base import Backend
 from stream.sessions import AtCapacity, ManagerClosed, SessionLimits, SessionManager, SessionNotFound
 from stream.stamps import check_geometry, stamp_frame
@@ -96,13 +97,15 @@ def build_app(
     *,
     routes: Sequence[str | Setup] = ROUTE_MODULES,
     idle_clock: Clock | None = None,
+    model_config: ModelConfig | None = None,
 ) -> web.Application:
     """The whole server for one loaded model. ``idle_clock`` measures session idle time only
-    (tests pass a virtual one); sessions always run on the monotonic clock."""
+    (tests pass a virtual one); sessions always run on the monotonic clock. ``model_config``
+    replaces the backend's config for new sessions (scheduler options given on the command line)."""
     app = web.Application(
         middlewares=[_cors, _errors, _auth_middleware(config.token)], client_max_size=config.max_json_bytes
     )
-    manager = SessionManager(backend, config.sessions, clock=idle_clock)
+    manager = SessionManager(backend, config.sessions, clock=idle_clock, config=model_config)
     if config.bench_stamp:
         check_geometry(backend.config.height, backend.config.width)
         manager.frame_hooks.append(stamp_frame)

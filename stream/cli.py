@@ -20,6 +20,7 @@ from engine.config import MODEL_SAMPLE_RATE
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
 
+    from engine.config import ModelConfig
     from engine.runtime.base import Backend
     from stream.app import ServerConfig
 
@@ -57,6 +58,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default="default",
         help="default (the shipped trained model), a preset name (random weights) or a model directory",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnx", "tensorrt"),
+        default="auto",
+        help="model runtime (default auto: the fastest that loads here; onnx on a CPU, exported once "
+        "into the engine cache)",
+    )
+    parser.add_argument(
+        "--compute-budget-ms",
+        type=int,
+        help="time one window may take (default: the model's); lower it on a fast backend to lower latency",
+    )
+    parser.add_argument(
+        "--playout-delay-ms",
+        type=int,
+        help="audio arrival to frame shown (default: the model's); at least the audio wait + compute budget",
+    )
     parser.add_argument("--max-sessions", type=int, default=4, help="concurrent sessions before 503")
     parser.add_argument(
         "--idle-timeout", type=float, default=120.0, help="close idle sessions after S seconds"
@@ -78,8 +96,13 @@ def serve_command(args: argparse.Namespace) -> int:
 
     from stream.app import build_app
 
-    config, backend = _server(args)
-    web.run_app(build_app(config, backend), host=config.host, port=config.port, print=log.info)
+    config, backend, model_config = _server(args)
+    web.run_app(
+        build_app(config, backend, model_config=model_config),
+        host=config.host,
+        port=config.port,
+        print=log.info,
+    )
     return 0
 
 
@@ -93,8 +116,8 @@ def live_command(args: argparse.Namespace) -> int:
     from stream.demo import PORTRAIT
     from stream.microphone import MicrophoneSource
 
-    config, backend = _server(args)
-    app = build_app(config, backend)
+    config, backend, model_config = _server(args)
+    app = build_app(config, backend, model_config=model_config)
     device = int(args.device) if args.device and args.device.isdigit() else args.device
     portrait = Path(args.image or PORTRAIT).read_bytes()
 
@@ -116,10 +139,12 @@ def live_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _server(args: argparse.Namespace) -> tuple[ServerConfig, Backend]:
-    """The server's config and its model, loaded before the event loop starts."""
-    from engine.runtime.torch_backend import TorchBackend
-    from engine.weights import resolve_model
+def _server(args: argparse.Namespace) -> tuple[ServerConfig, Backend, ModelConfig]:
+    """The server's config, its model (loaded before the event loop starts, so the first session
+    does not wait on it) and the model config sessions get, with the command line's scheduler
+    options applied."""
+    from engine.render import with_overrides
+    from livehuman.backends import load_backend
     from stream.app import ServerConfig
     from stream.sessions import SessionLimits
 
@@ -132,15 +157,20 @@ def _server(args: argparse.Namespace) -> tuple[ServerConfig, Backend]:
         ice_servers=tuple(args.ice_server),
         bench_stamp=args.bench_stamp,
     )
-    backend = TorchBackend(resolve_model(args.preset))
+    backend = load_backend(args.backend, args.preset)
+    model_config = with_overrides(
+        backend.config, compute_budget_ms=args.compute_budget_ms, playout_delay_ms=args.playout_delay_ms
+    )
     log.info(
-        "model %s (%dx%d); auth %s",
-        backend.config.name,
-        backend.config.width,
-        backend.config.height,
+        "model %s (%dx%d) on %s, playout delay %d ms; auth %s",
+        model_config.name,
+        model_config.width,
+        model_config.height,
+        backend.name,
+        model_config.scheduler.playout_delay_ms,
         "on" if config.token else f"off (set {TOKEN_ENV} to require a bearer token)",
     )
-    return config, backend
+    return config, backend, model_config
 
 
 def speak_command(args: argparse.Namespace) -> int:

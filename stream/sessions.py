@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.clock import Clock, MonotonicClock
+from engine.config import ModelConfig
 from engine.media import read_image
 from engine.runtime.base import Backend
 from engine.scheduler import OutputFrame, WindowRecord
@@ -131,9 +132,10 @@ class SessionManager:
         backend: Backend,
         limits: SessionLimits | None = None,
         clock: Clock | None = None,
+        config: ModelConfig | None = None,
     ) -> None:
         self.backend = backend
-        self.config = backend.config
+        self.config = config or backend.config  # what every new session is created with
         self.limits = limits or SessionLimits()
         self.stage_latency: dict[str, Histogram] = {}
         self.created_total = 0

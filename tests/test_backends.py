@@ -4,6 +4,7 @@ broken export in one line naming the file. TensorRT and the torch CUDA path skip
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -155,6 +156,19 @@ def test_manifest_from_another_preset_is_refused(broken: Path) -> None:
         OnnxBackend(broken, expected=get_preset("tiny"))
     _one_line_naming(exc, str(broken / MANIFEST_NAME))
     assert "'small'" in str(exc.value) and "'tiny'" in str(exc.value)
+
+
+def test_an_export_runs_with_the_callers_scheduler_but_refuses_another_audio_span(exported: Path) -> None:
+    """A cached export is reused when only live timing changed (the budget, the playout delay), and
+    those options are the caller's; a look-ahead change alters the exported audio span: refused."""
+    tiny = get_preset("tiny")
+    faster = dataclasses.replace(
+        tiny, scheduler=dataclasses.replace(tiny.scheduler, compute_budget_ms=100, playout_delay_ms=520)
+    )
+    assert OnnxBackend(exported, expected=faster).config.scheduler == faster.scheduler
+    other_span = dataclasses.replace(tiny, scheduler=dataclasses.replace(tiny.scheduler, lookahead_ms=40))
+    with pytest.raises(BackendUnavailable, match="scheduler"):
+        OnnxBackend(exported, expected=other_span)
 
 
 def test_missing_component_is_one_line_naming_it(broken: Path) -> None:

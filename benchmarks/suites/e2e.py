@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 from tqdm import tqdm
 
-from benchmarks.harness import BenchOptions, Failures, LoadSampler, speech, table, vowel
+from benchmarks.harness import BenchOptions, Failures, LoadSampler, speech, table, vowel, young_gc_only
 from benchmarks.live import BenchServer, LiveSession
 from benchmarks.measure import (
     G2G_COLUMNS,
@@ -74,7 +74,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
     for name in DEFAULTS:
         options.extra[name] = setting(options, name)
     failures = Failures()
-    with LoadSampler() as load:
+    with LoadSampler() as load, young_gc_only():
         raw = asyncio.run(_drive(options, failures))
     return _analyse(options, failures, load.report(), raw)
 
@@ -88,6 +88,7 @@ async def _drive(options: BenchOptions, failures: Failures) -> dict[str, Any]:
         options.backend,
         threads=options.threads,
         playout_delay_ms=o.get("playout_delay_ms"),
+        compute_budget_ms=o.get("compute_budget_ms"),
         fallback_steps=tuple(o.get("fallback_steps") or ()),
         max_sessions=4,
     )

@@ -123,12 +123,30 @@ def run(options: BenchOptions) -> dict[str, Any]:
         sweep = []
         points = [(w, o, s) for w, o in geometries for s in steps_list]
         with tqdm(total=len(points), desc="engine sweep", unit="point", disable=not options.progress) as bar:
-            for window, overlap, steps in points:
-                with failures.guard(f"sweep W={window} O={overlap} steps={steps}"):
-                    sweep.append(
-                        _point(backend, conditioning, portrait, config, window, overlap, steps, sweep_seconds)
+            for window, overlap in geometries:
+                geometry_backend = None
+                with failures.guard(f"sweep W={window} O={overlap}: backend"):
+                    geometry_backend = _geometry_backend(
+                        backend, backend_info, options, config, window, overlap
                     )
-                bar.update(1)
+                if geometry_backend is None:
+                    bar.update(len(steps_list))
+                    continue
+                for steps in steps_list:
+                    with failures.guard(f"sweep W={window} O={overlap} steps={steps}"):
+                        sweep.append(
+                            _point(
+                                geometry_backend,
+                                conditioning,
+                                portrait,
+                                config,
+                                window,
+                                overlap,
+                                steps,
+                                sweep_seconds,
+                            )
+                        )
+                    bar.update(1)
 
     windows = [r for r in main["records"] if r.steps]
     window_ms = [sum(r.timings_ms.values()) for r in windows]
@@ -204,6 +222,19 @@ def run(options: BenchOptions) -> dict[str, Any]:
     }
     result["goals"] = evaluate_goals("engine", result["summary"])
     return result
+
+
+def _geometry_backend(
+    backend: Any, backend_info: dict[str, Any], options: BenchOptions, config: Any, window: int, overlap: int
+) -> Any:
+    """The backend for one sweep geometry: torch takes any shape, an export only its own."""
+    if backend_info["loaded"] == "torch" or (window, overlap) == (
+        config.scheduler.window,
+        config.scheduler.overlap,
+    ):
+        return backend
+    scheduler = sweep_config(config, window, overlap, config.scheduler.steps).scheduler
+    return load_backend(options.backend, options.preset, options.threads, scheduler=scheduler)[0]
 
 
 def _point(

@@ -24,7 +24,7 @@ import aiohttp
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.harness import BenchOptions, Failures, LoadSampler, speech
+from benchmarks.harness import BenchOptions, Failures, LoadSampler, speech, young_gc_only
 from benchmarks.live import BenchServer, LiveSession
 from benchmarks.report import base_result, evaluate_goals, pct
 from benchmarks.suites.e2e import SessionData, _fresh
@@ -50,7 +50,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
     o["max_viewers"] = options.get("max_viewers", 2 if options.smoke else 8)
     o["target_p95_ms"] = float(options.get("target_p95_ms", 800.0))
     failures = Failures()
-    with LoadSampler() as load:
+    with LoadSampler() as load, young_gc_only():
         raw = asyncio.run(_drive(options, failures))
     return _result(options, failures, load.report(), raw)
 
@@ -61,6 +61,8 @@ async def _drive(options: BenchOptions, failures: Failures) -> dict[str, Any]:
         options.preset,
         options.backend,
         threads=options.threads,
+        playout_delay_ms=o.get("playout_delay_ms"),
+        compute_budget_ms=o.get("compute_budget_ms"),
         fallback_steps=tuple(o.get("fallback_steps") or ()),
         max_sessions=o["max_sessions"],
     )

@@ -114,10 +114,11 @@ def graph_config(config: ModelConfig) -> dict[str, Any]:
     """The part of a config that shapes the graphs: what two exports must agree on to be swapped.
 
     Sampler and live-timing settings are left out, since a render may override them per run;
-    the window length stays, because the DiT and the audio span are exported at that size.
+    the window length and the look-ahead stay, because the DiT and the audio span are exported
+    at their size.
     """
     data = config.to_dict()
-    data["scheduler"] = {"window": config.scheduler.window}
+    data["scheduler"] = {"window": config.scheduler.window, "lookahead_ms": config.scheduler.lookahead_ms}
     for key in ("sampler", "capabilities"):
         data.pop(key)
     return data
@@ -169,8 +170,10 @@ def read_manifest(directory: str | Path, expected_format: str | None = None) -> 
     return manifest
 
 
-def check_config(manifest: Manifest, expected: ModelConfig, directory: str | Path) -> None:
-    """Refuse an export whose graphs were built for another model shape (another preset)."""
+def check_config(manifest: Manifest, expected: ModelConfig, directory: str | Path) -> ModelConfig:
+    """Refuse an export whose graphs were built for another model shape (another preset); return
+    ``expected``, the config to run. Only graph shapes must match: scheduler options that leave
+    the graphs alone (steps, budget, playout delay) are the caller's, not the cached export's."""
     theirs, ours = graph_config(manifest.config), graph_config(expected)
     if theirs != ours:
         differ = sorted(k for k in ours if ours[k] != theirs.get(k))
@@ -178,6 +181,7 @@ def check_config(manifest: Manifest, expected: ModelConfig, directory: str | Pat
             f"manifest '{Path(directory) / MANIFEST_NAME}' is for preset '{manifest.config.name}', "
             f"not '{expected.name}' (differs in {', '.join(differ)})"
         )
+    return expected
 
 
 def component_path(manifest: Manifest, directory: str | Path, name: str, verify: bool = True) -> Path:

@@ -145,9 +145,9 @@ class OnnxBackend(GraphBackend):
         ort = import_onnxruntime()
         self.directory = Path(directory)
         self.manifest = manifest or read_manifest(self.directory, "onnx")
-        if expected is not None:
-            check_config(self.manifest, expected, self.directory)
-        self.config = self.manifest.config
+        self.config = (
+            self.manifest.config if expected is None else check_config(self.manifest, expected, self.directory)
+        )
         self.device = device
         providers = execution_providers(ort, device, self.directory / "ort_trt_cache")
         options = session_options(ort, threads or torch.get_num_threads())

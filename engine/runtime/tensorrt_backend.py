@@ -129,15 +129,15 @@ class TensorRTBackend(GraphBackend):
         gpu = gpu_identity()
         self.directory = Path(directory)
         self.manifest = manifest or read_manifest(self.directory, "tensorrt")
-        if expected is not None:
-            check_config(self.manifest, expected, self.directory)
+        self.config = (
+            self.manifest.config if expected is None else check_config(self.manifest, expected, self.directory)
+        )
         built_with = self.manifest.toolchain.get("tensorrt")
         if built_with != trt.__version__ or self.manifest.device != gpu:
             raise BackendUnavailable(
                 f"tensorrt: stale engines in '{self.directory}': built with TensorRT {built_with} for "
                 f"{self.manifest.device}, this is TensorRT {trt.__version__} on {gpu} (export again)"
             )
-        self.config = self.manifest.config
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines = {
             name: TensorRTEngine(
