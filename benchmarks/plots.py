@@ -136,4 +136,21 @@ def _backends(r: dict[str, Any]) -> plt.Figure:
     return fig
 
 
-_PLOTS = {"engine": _engine, "e2e": _e2e, "scale": _scale, "backends": _backends}
+def _duration(r: dict[str, Any]) -> plt.Figure:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    samples = _rows(r["records"]["samples"], "stream_s", "rss_mb")
+    axes[0].plot([s[0] / 60.0 for s in samples], [s[1] for s in samples], "-")
+    axes[0].axvline(r["warmup_s"] / 60.0, color="k", ls=":", lw=1)
+    if r["rss_warm_mb"]:
+        axes[0].axhline(r["rss_warm_mb"] * 1.05, color="C3", ls="--", lw=1, label="+5%")
+        axes[0].legend(fontsize=7)
+    axes[0].set(xlabel="stream minutes", ylabel="RSS MiB", title="memory")
+    distance = _rows(r["records"]["distance_per_second"], "second", "identity_distance")
+    axes[1].plot([d[0] / 60.0 for d in distance], [d[1] for d in distance], "-", lw=0.8)
+    axes[1].axhline(3.0, color="C3", ls="--", lw=1, label="3 dE00")
+    axes[1].set(xlabel="stream minutes", ylabel="dE00 to the portrait", title="identity drift")
+    axes[1].legend(fontsize=7)
+    return fig
+
+
+_PLOTS = {"engine": _engine, "e2e": _e2e, "scale": _scale, "backends": _backends, "duration": _duration}

@@ -39,6 +39,12 @@ GOALS: dict[str, list[tuple[str, str, float, str]]] = {
         ("max_sessions_held", ">=", 1.0, "at least one session held at 25 fps under the p95 target"),
     ],
     "backends": [],
+    "duration": [
+        ("memory_growth_frac", "<=", 0.05, "memory flat within 5% after warm-up (last third vs first)"),
+        ("state_ratio_max", "<=", 1.5, "every live structure bounded (second half / first half)"),
+        ("drift_slope_abs", "<", 0.1, "|identity drift slope| < 0.1 dE00 per minute"),
+        ("drift_final", "<", 3.0, "identity distance at the end < 3 dE00"),
+    ],
 }
 
 _OPS = {
@@ -395,7 +401,37 @@ def _backends_md(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-_MEASURED = {"engine": _engine_md, "e2e": _e2e_md, "scale": _scale_md, "backends": _backends_md}
+def _duration_md(r: dict[str, Any]) -> list[str]:
+    growth_pct = 100.0 * (r["memory_growth_frac"] or 0.0)
+    lines = [
+        f"{_fmt(r['seconds'] / 60.0)} minutes of live stream on a virtual clock (speech, then "
+        f"pauses), {r['frames']} frames in {_fmt(r['wall_s'])} s of compute "
+        f"(wall rtf {_fmt(r['wall_rtf'], 2)}).",
+        "",
+        f"Memory: {_fmt(r['rss_warm_mb'])} MiB RSS after {_fmt(r['warmup_s'], 0)} s of warm-up, at most "
+        f"{_fmt(r['rss_max_after_warmup_mb'])} MiB after it; largest RSS in the last third over the "
+        f"first third after warm-up: {_fmt(growth_pct, 2)}%.",
+        "",
+        "| live structure | largest (second half) / largest (first half) |",
+        "|---|---|",
+    ]
+    lines += [f"| {key} | {_fmt(value, 3)} |" for key, value in r["state_ratio"].items()]
+    lines += [
+        "",
+        f"Identity distance to the portrait (CIEDE2000 over block means): first minute "
+        f"{_fmt(r['identity_distance_first_minute'], 2)}, final {_fmt(r['drift_final'], 2)}, slope "
+        f"{_fmt(r['drift_slope'], 3)} dE00 per minute.",
+    ]
+    return lines
+
+
+_MEASURED = {
+    "engine": _engine_md,
+    "e2e": _e2e_md,
+    "scale": _scale_md,
+    "backends": _backends_md,
+    "duration": _duration_md,
+}
 
 
 # --- compare -----------------------------------------------------------------------------------------

@@ -336,7 +336,42 @@ BACKENDS = _result(
     },
 )
 
-SCHEMAS: dict[str, dict[str, Any]] = {"engine": ENGINE, "e2e": E2E, "scale": SCALE, "backends": BACKENDS}
+DURATION = _result(
+    "duration",
+    [
+        "seconds",
+        "frames",
+        "warmup_s",
+        "rss_warm_mb",
+        "memory_growth_frac",
+        "state_ratio",
+        "drift_slope",
+        "drift_final",
+    ],
+    {
+        "seconds": NUMBER,
+        "frames": COUNT,
+        "warmup_s": NUMBER,
+        "rss_warm_mb": MAYBE_NUMBER,
+        "memory_growth_frac": MAYBE_NUMBER,
+        "state_ratio": {"type": "object"},
+        "drift_slope": MAYBE_NUMBER,
+        "drift_final": MAYBE_NUMBER,
+        "records": {
+            "type": "object",
+            "required": ["samples", "distance_per_second"],
+            "properties": {"samples": TABLE, "distance_per_second": TABLE},
+        },
+    },
+)
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "engine": ENGINE,
+    "e2e": E2E,
+    "scale": SCALE,
+    "backends": BACKENDS,
+    "duration": DURATION,
+}
 
 
 def validate(result: dict[str, Any], suite: str | None = None) -> list[str]:

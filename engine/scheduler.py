@@ -488,6 +488,19 @@ class Scheduler:
             if seg.started and not seg.finished:
                 self._finish_played(segment_id)
 
+    def state_sizes(self) -> dict[str, int]:
+        """The size of everything a live session keeps. Hours of streaming must leave each one
+        bounded; the duration benchmark and its test read them instead of guessing from RSS alone."""
+        with self._lock:
+            return {
+                "records": len(self.records),
+                "events": len(self.events),
+                "snapshots": len(self._snapshots),
+                "pending_frames": len(self._pending),
+                "segments": len(self._segments),
+                **self.timeline.sizes(),
+            }
+
     def _forget_played(self) -> None:
         """Bounded state: drop snapshots, segments and audio that can no longer be needed."""
         played_latents = self._next_release // FRAMES_PER_LATENT

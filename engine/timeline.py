@@ -149,6 +149,14 @@ class Timeline:
         self.output.trim(RATIO * before)
         self._spans = [s for s in self._spans if s[1] > before]
 
+    def sizes(self) -> dict[str, int]:
+        """Samples held per buffer and speech spans: what ``trim`` must keep bounded."""
+        return {
+            "model_samples": len(self.model.data),
+            "output_samples": len(self.output.data),
+            "spans": len(self._spans),
+        }
+
     def segment_at(self, position: int) -> int | None:
         for start, stop, seg in reversed(self._spans):
             if start <= position < stop:

@@ -249,6 +249,36 @@ def test_backends_smoke_calls_into_benchmarks_backends(tmp_path) -> None:  # noq
     assert torch_result["window_ms"]["n"] > 0
 
 
+def test_memory_growth_and_state_ratio_catch_a_leak_and_pass_bounded_state() -> None:
+    from benchmarks.suites.duration import memory_growth, state_ratio
+
+    flat = [(t, 500.0 + (t % 30) / 2.0) for t in range(10, 300, 10)]  # swings, no trend
+    leaking = [(t, 500.0 + t / 5.0) for t in range(10, 300, 10)]
+    assert memory_growth(flat, 60.0) < 0.01
+    assert memory_growth(leaking, 60.0) > 0.05
+    bounded = [[t, 0.0, 16000 + 320 * (t % 7)] for t in range(10, 300, 10)]
+    growing = [[t, 0.0, 160 * t] for t in range(10, 300, 10)]
+    assert state_ratio(bounded, 2, 60.0) == pytest.approx(1.0, abs=0.05)
+    assert state_ratio(growing, 2, 60.0) > 1.5
+
+
+def test_duration_two_minutes_of_live_stream_keep_memory_state_and_identity_flat(tmp_path) -> None:  # noqa: ANN001
+    """The CI version of the 30-minute benchmark: the shipped model, live scheduler, virtual clock."""
+    from benchmarks.cli import run_suite
+
+    options = BenchOptions(
+        suite="duration", preset="default", duration=120.0, out=str(tmp_path), threads=2, progress=False
+    )
+    result = run_suite(options)
+    assert validate(result) == [], validate(result)
+    delay_s = result["config"]["scheduler"]["playout_delay_ms"] / 1000.0
+    assert result["frames"] == int((120.0 - delay_s) * 25) + 1, "live: the first frame shows after the delay"
+    assert result["memory_growth_frac"] <= 0.05, result["records"]["samples"]
+    assert all(v is not None and v <= 1.5 for v in result["state_ratio"].values()), result["state_ratio"]
+    assert abs(result["drift_slope"]) < 0.1 and result["drift_final"] < 3.0, result["summary"]
+    assert {g["metric"] for g in result["goals"] if not g["met"]} == set(), result["goals"]
+
+
 def test_bench_options_come_from_the_command_line() -> None:
     from livehuman.cli import build_parser
 
