@@ -21,6 +21,7 @@ import torch
 from engine.blend import blend_overlap, blend_weights, color_match, lab_stats
 from engine.config import FPS, FRAMES_PER_LATENT, SAMPLES_PER_FRAME, SAMPLES_PER_LATENT, ModelConfig
 from engine.models.audio import latent_audio_tokens
+from engine.models.camera import CameraPath, camera_latents
 from engine.runtime.base import Backend, DecoderCache
 from engine.sampler import FlowSampler
 
@@ -32,7 +33,6 @@ class Conditioning:
     reference: torch.Tensor  # (1, C, 1, h, w)
     text: torch.Tensor  # (1, L, Dt)
     attributes: torch.Tensor  # (1, A)
-    camera: torch.Tensor | None = None  # (1, C, T, h, w) latents of a camera-warped reference
     # Lab mean/std of the portrait, for colour matching.
     reference_lab: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -115,11 +115,13 @@ class WindowGenerator:
         self._lookahead_samples = s.lookahead_ms * SAMPLES_PER_LATENT // 160
         self._mel_extra = a.n_fft - a.hop_length
         self._reference_window = conditioning.reference.expand(-1, -1, self.window, -1, -1)
-        self._camera = (
-            conditioning.camera
-            if conditioning.camera is not None
-            else torch.zeros_like(self._reference_window)
-        )
+        self.camera = CameraPath()
+
+    def camera_window(self, start: int) -> torch.Tensor:
+        """(1, C, W, h, w) camera latents of the window at ``start``: zeros while static."""
+        if self.camera.is_static:
+            return torch.zeros_like(self._reference_window)
+        return camera_latents(self.cond.reference, self.camera.latent_poses(start, self.window))
 
     # --- the audio a window needs --------------------------------------------------------------
     def audio_span(self, start: int) -> tuple[int, int]:
@@ -178,6 +180,7 @@ class WindowGenerator:
         motion = torch.zeros_like(self._reference_window)
         motion[:, :, :O] = state.tail
         cond = torch.cat([mask, motion, self._reference_window], dim=1)  # (1, 2C+1, W, h, w)
+        camera = self.camera_window(start)
 
         # 3. Few-step sampling; the overlap is pinned to the re-noised tail at every step but the last.
         sigmas = self.sampler.sigmas(steps)
@@ -191,7 +194,7 @@ class WindowGenerator:
                 cond,
                 tokens,
                 self.cond.text,
-                self._camera,
+                camera,
                 self.cond.attributes,
             )
             last = j == len(sigmas) - 1

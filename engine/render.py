@@ -21,6 +21,7 @@ from engine.config import FPS, MODEL_SAMPLE_RATE, ModelConfig
 from engine.generator import Conditioning
 from engine.media import Mp4Writer, read_audio, read_image
 from engine.metrics import SeamMeter
+from engine.models.camera import CameraMove, check_camera
 from engine.runtime.base import Backend
 from engine.scheduler import OutputFrame, Scheduler
 
@@ -48,6 +49,7 @@ def render(
     config: ModelConfig | None = None,
     seed: int = 0,
     prompt: str = "",
+    camera: CameraMove | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Render ``audio`` spoken by ``image`` to ``out`` (H.264 + AAC); returns the report."""
@@ -67,6 +69,7 @@ def render(
             config,
             seed=seed,
             prompt=prompt,
+            camera=camera,
             sink=lambda frame: writer.write(frame.rgb, frame.audio),
             progress=lambda done, _total: bar.update(done - bar.n),
         )
@@ -81,6 +84,7 @@ def render_frames(
     sample_rate: int = MODEL_SAMPLE_RATE,
     seed: int = 0,
     prompt: str = "",
+    camera: CameraMove | None = None,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """``audio`` (mono float32) spoken by ``portrait`` ((H, W, 3) uint8 at the config's size).
@@ -101,6 +105,7 @@ def render_frames(
         config,
         seed=seed,
         prompt=prompt,
+        camera=camera,
         sink=lambda frame: frames.append(frame.rgb),
         progress=progress,
     )
@@ -118,14 +123,18 @@ def render_each(
     sink: FrameSink,
     seed: int = 0,
     prompt: str = "",
+    camera: CameraMove | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Push all audio, then generate and hand every released frame to ``sink`` in order; returns
     the report. For runs too long to hold in memory (``render_frames`` keeps every frame)."""
     duration_s = len(samples) / sample_rate
     wall_start = time.perf_counter()
+    check_camera(config, camera)
     conditioning = Conditioning.from_portrait(backend, portrait, prompt)
     scheduler = Scheduler(backend, conditioning, config, seed=seed, portrait=portrait)
+    if camera is not None:
+        scheduler.set_camera(camera)
     chunk = max(int(PUSH_CHUNK_S * sample_rate), 1)
     push_start = time.perf_counter()
     for offset in range(0, len(samples), chunk):

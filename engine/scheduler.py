@@ -36,6 +36,7 @@ from engine.config import (
     ModelConfig,
 )
 from engine.generator import Conditioning, GeneratorState, WindowGenerator, WindowOutput
+from engine.models.camera import CameraMove
 from engine.runtime.base import Backend
 from engine.timeline import RATIO, Timeline
 
@@ -185,6 +186,13 @@ class Scheduler:
             self._segments[segment].extend(start, self.timeline.end)
             self._wake.notify_all()
             return segment
+
+    def set_camera(self, move: CameraMove) -> None:
+        """Change the camera from the next window on: the first latent not generated yet eases from
+        the pose already on screen to ``move``, so there is no jump (``CameraPath``)."""
+        with self._lock:
+            first_new = max(self._state.start + self.sched.overlap, 0)
+            self.generator.camera.change(move, FRAMES_PER_LATENT * first_new)
 
     def end_segment(self) -> None:
         """End of an utterance: the next push starts a new segment (placed anew when live).

@@ -60,6 +60,17 @@ def load_model(directory: str | Path) -> LiveHumanModel:
     return model.eval()
 
 
+def resolve_model_dir(name: str) -> Path:
+    """The directory of a trained model: ``default`` (the shipped one) or a directory holding
+    weights; anything else is one WeightsError line."""
+    path = DEFAULT_MODEL_DIR if name == DEFAULT_MODEL else Path(name)
+    if not (path / WEIGHTS_NAME).is_file():
+        raise WeightsError(
+            f"model '{name}': no {WEIGHTS_NAME} there (give 'default' or a trained model directory)"
+        )
+    return path
+
+
 def resolve_model(preset: str) -> LiveHumanModel:
     """``preset`` is ``default`` (the shipped trained model), a directory with weights, or a
     preset name (deterministic random weights)."""

@@ -24,6 +24,7 @@ USER_ERRORS = (MediaError, ConfigError, WeightsError, BackendUnavailable, Export
 
 
 def _render(args: argparse.Namespace) -> int:
+    from engine.models.camera import check_camera, parse_camera
     from engine.render import render, with_overrides
     from livehuman.backends import load_backend
 
@@ -32,8 +33,10 @@ def _render(args: argparse.Namespace) -> int:
             raise MediaError(f"{what} file '{path}': file not found")
     backend = load_backend(args.backend, args.preset)
     config = with_overrides(backend.config, steps=args.steps, blend=args.blend)
+    camera = parse_camera(args.camera)
+    check_camera(config, camera)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    report = render(backend, args.image, args.audio, args.out, config=config, seed=args.seed)
+    report = render(backend, args.image, args.audio, args.out, config=config, seed=args.seed, camera=camera)
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
@@ -49,10 +52,15 @@ def _render(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from engine.config import get_preset
-    from engine.training.pipeline import PLANS, train
+    from engine.training.pipeline import PLANS, finetune, train
+    from engine.weights import resolve_model_dir
 
-    get_preset(args.preset)  # an unknown preset is a one-line error before any work starts
-    model_dir = train(args.preset, Path(args.out), PLANS[args.plan], seed=args.seed)
+    if args.finetune:
+        source = resolve_model_dir(args.finetune)  # one line if it is not a trained model
+        model_dir = finetune(source, Path(args.out), PLANS[args.plan], seed=args.seed)
+    else:
+        get_preset(args.preset)  # an unknown preset is a one-line error before any work starts
+        model_dir = train(args.preset, Path(args.out), PLANS[args.plan], seed=args.seed)
     log.info("trained model in %s (use it with --preset %s)", model_dir, model_dir)
     return 0
 
@@ -147,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--blend", choices=("linear", "cosine", "none"), help="overlap blend")
     render.add_argument("--report", help="write a JSON report here")
     render.add_argument(
+        "--camera",
+        metavar="PRESET[:INTENSITY][+PRESET:INTENSITY]",
+        help="camera move, intensity 0-100 (default 100): static, push_in, push_out, pan_left, pan_right, "
+        "crane_up, crane_down, handheld; two can be mixed, e.g. push_in:50+handheld:30",
+    )
+    render.add_argument(
         "--backend",
         choices=("torch", "onnx", "tensorrt", "auto"),
         default="torch",
@@ -163,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--plan", choices=("full", "smoke"), default="full", help="full (~1 h on 2 CPU cores) or smoke (CI)"
     )
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--finetune",
+        metavar="MODEL",
+        help="run only the add-on stages (the camera branch) on this trained model (default, or a "
+        "model directory) instead of training from scratch",
+    )
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser(
         "eval", help="score a model on held-out synthetic clips (lip sync, idle, drift)"

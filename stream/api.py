@@ -21,8 +21,9 @@ from typing import Any, Final
 
 from aiohttp import BodyPartReader, web
 
-from engine.config import FPS, Capabilities
+from engine.config import FPS, Capabilities, ConfigError
 from engine.media import MediaError
+from engine.models.camera import CameraMove, parse_camera
 from stream.app import AUDIO_PATH, CONFIG_KEY, MANAGER_KEY, SESSION_PATH, WHEP_PATH, ApiError
 from stream.session import Session, SessionOptions
 from stream.sessions import SessionManager, SessionNotFound
@@ -35,8 +36,8 @@ MAX_SEED: Final = 2**63 - 1
 FILE_FIELDS: Final = ("image", "video")
 TEXT_FIELDS: Final = ("prompt", "camera", "seed")
 # Options a session can be given when the model supports them; the rest are refused until wired.
-CREATE_WIRED: Final = frozenset({"prompt"})
-UPDATE_WIRED: Final = frozenset[str]()  # a live session cannot re-encode its conditioning yet
+CREATE_WIRED: Final = frozenset({"prompt", "camera"})
+UPDATE_WIRED: Final = frozenset({"camera"})  # a live prompt change would re-encode the text: not yet
 
 
 def setup(app: web.Application) -> None:
@@ -96,8 +97,9 @@ async def create_session(request: web.Request) -> web.Response:
         )
     asked = {"prompt": bool(body.prompt), "camera": body.camera is not None}
     _require_supported(manager.config.capabilities, asked, CREATE_WIRED)
+    options = SessionOptions(prompt=body.prompt, seed=body.seed, camera=_camera(body.camera))
     try:
-        session = await manager.create(body.image, SessionOptions(prompt=body.prompt, seed=body.seed))
+        session = await manager.create(body.image, options)
     except MediaError as exc:
         raise ApiError(400, f"image: {exc}") from exc
     path = SESSION_PATH.format(id=session.id)
@@ -120,6 +122,8 @@ async def update_session(request: web.Request) -> web.Response:
         "camera": data.get("camera") is not None,
     }
     _require_supported(manager.config.capabilities, asked, UPDATE_WIRED)
+    if asked["camera"]:
+        session.set_camera(_camera(data["camera"]))
     manager.touch(session.id)
     return web.json_response(_view(manager, session))
 
@@ -148,6 +152,7 @@ def _view(manager: SessionManager, session: Session) -> dict[str, Any]:
         "height": session.height,
         "fps": FPS,
         "prompt": session.options.prompt,
+        "camera": str(session.options.camera),
         "seed": session.options.seed,
         "idle_s": round(manager.idle_seconds(session.id), 3),
         "stats": session.stats(),
@@ -270,6 +275,20 @@ def _reject_unknown(data: dict[str, Any], known: tuple[str, ...]) -> None:
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ApiError(400, f"{unknown[0]}: unknown field (expected one of {', '.join(known)})")
+
+
+def _camera(value: object) -> CameraMove:
+    """``PRESET[:INTENSITY][+PRESET:INTENSITY]``; anything else is a 422 naming the valid presets."""
+    if value is None:
+        return CameraMove()
+    if not isinstance(value, str):
+        raise ApiError(
+            422, f"camera: expected a string such as 'push_in:50+handheld:20', got {type(value).__name__}"
+        )
+    try:
+        return parse_camera(value)
+    except ConfigError as exc:
+        raise ApiError(422, str(exc)) from exc
 
 
 def _require_supported(capabilities: Capabilities, asked: dict[str, bool], wired: frozenset[str]) -> None:

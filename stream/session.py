@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from engine.clock import Clock, MonotonicClock
 from engine.config import ModelConfig
 from engine.generator import Conditioning
+from engine.models.camera import CameraMove
 from engine.runtime.base import Backend
 from engine.scheduler import OutputFrame, PlaybackEvent, Scheduler
 from engine.worker import SchedulerWorker
@@ -40,6 +42,7 @@ END_OF_STREAM: Final = EndOfStream()
 class SessionOptions:
     prompt: str = ""
     seed: int = 0
+    camera: CameraMove = field(default_factory=CameraMove)
 
 
 class Subscription:
@@ -95,6 +98,8 @@ class Session:
         self.scheduler = Scheduler(
             backend, conditioning, config, seed=options.seed, clock=clock, portrait=portrait
         )
+        if not options.camera.is_static:
+            self.scheduler.set_camera(options.camera)
         self.worker = SchedulerWorker(self.scheduler, name=f"session-{session_id}")
         self.frame_hooks: list[FrameHook] = []
         self._subscriptions: set[Subscription] = set()
@@ -129,6 +134,11 @@ class Session:
         return self.config.height
 
     # --- audio in, control -----------------------------------------------------------------------
+    def set_camera(self, move: CameraMove) -> None:
+        """A live camera change: it applies from the next window, easing from the pose on screen."""
+        self.scheduler.set_camera(move)
+        self.options = dataclasses.replace(self.options, camera=move)
+
     def push_audio(self, samples: np.ndarray, sample_rate: int) -> int:
         """Queue mono float32 speech at its own rate; returns its segment id."""
         return self.scheduler.push_audio(samples, sample_rate)

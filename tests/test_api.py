@@ -445,27 +445,35 @@ def test_the_tiny_model_serves_a_session_end_to_end() -> None:
     assert 'livehuman_stage_latency_seconds_count{stage="dit"}' in metrics
 
 
-def test_capabilities_the_server_cannot_wire_yet_are_refused_explicitly() -> None:
-    """A model that declares camera support still gets 422 until sessions can take a camera."""
+def test_a_camera_model_takes_a_move_at_create_and_live_and_refuses_a_bad_one() -> None:
+    """Camera: 422 naming the valid presets when malformed, set at create, changed live by PATCH
+    (it reaches the session's scheduler). A live prompt change is still refused explicitly."""
     config = dataclasses.replace(CONFIG, capabilities=Capabilities(camera=True, prompt=True))
     harness = Harness(FakeBackend(config))
 
-    async def main() -> tuple[str, str, int]:
-        camera = await _error(await harness.client.post("/v1/sessions", data=_form(camera="orbit")), 422)
-        session_id = await harness.create(prompt="a calm presenter")  # prompt is wired at create
-        patch = await _error(
-            await harness.client.patch(f"/v1/sessions/{session_id}", json={"prompt": "excited"}), 422
-        )
-        same = await harness.client.patch(f"/v1/sessions/{session_id}", json={"prompt": "a calm presenter"})
-        await harness.client.delete(f"/v1/sessions/{session_id}")
-        return camera, patch, same.status
+    async def main() -> tuple[str, str, dict, dict, str, int]:
+        bad = await _error(await harness.client.post("/v1/sessions", data=_form(camera="orbit")), 422)
+        session_id = await harness.create(camera="push_in:50", prompt="a calm presenter")
+        created = await (await harness.client.get(f"/v1/sessions/{session_id}")).json()
+        url = f"/v1/sessions/{session_id}"
+        bad_live = await _error(await harness.client.patch(url, json={"camera": "pan_left:300"}), 422)
+        changed = await (await harness.client.patch(url, json={"camera": "pan_left"})).json()
+        path = harness.manager.get(session_id).scheduler.generator.camera
+        moved = float(path.poses([10_000])[0][1])
+        prompt = await _error(await harness.client.patch(url, json={"prompt": "excited"}), 422)
+        same = await harness.client.patch(url, json={"prompt": "a calm presenter"})
+        await harness.client.delete(url)
+        assert moved > 0.1, "the live change reached the scheduler: the scene ends moved right"
+        return bad, bad_live, created, changed, prompt, same.status
 
     try:
-        camera, patch, same = harness.run(main())
+        bad, bad_live, created, changed, prompt, same = harness.run(main())
     finally:
         harness.close()
-    assert camera == "camera: supported by the model but not by this server yet"
-    assert patch == "prompt: supported by the model but not by this server yet"
+    assert "unknown preset 'orbit'" in bad and "push_in" in bad and "\n" not in bad
+    assert "outside 0-100" in bad_live
+    assert created["camera"] == "push_in:50" and changed["camera"] == "pan_left:100"
+    assert prompt == "prompt: supported by the model but not by this server yet"
     assert same == 200
 
 

@@ -66,8 +66,9 @@ def test_onnx_render_matches_torch(model: LiveHumanModel, exported: Path) -> Non
 
 def test_onnx_backend_runs_without_the_torch_model_code(exported: Path) -> None:
     """A fresh process loads the export and renders through the scheduler without importing the
-    DiT, VAE or text model code (the generator's audio token gather from engine.models.audio is
-    plain indexing, and torch is the interface's tensor type)."""
+    DiT, VAE or text model code (the generator's audio token gather from engine.models.audio and
+    camera warp from engine.models.camera are plain tensor ops, and torch is the interface's
+    tensor type)."""
     script = f"""
 import sys
 import numpy as np

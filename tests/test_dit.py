@@ -81,9 +81,15 @@ def test_reserved_camera_and_attribute_inputs_are_noops_at_init() -> None:
     rand["attributes"] = torch.randn(zeros["attributes"].shape, generator=g)
     with torch.inference_mode():
         assert torch.equal(model(**zeros), model(**rand))
-        # Control: once the camera path has weights, the same comparison does see it.
-        nn.init.normal_(model.camera_embedding.weight, std=0.02)
+        # Control: once the camera path has weights, the same comparison does see it...
+        for projection in model.camera_projections:
+            nn.init.normal_(projection.weight, std=0.02)
         assert not torch.allclose(model(**zeros), model(**rand))
+        # ...while a zero camera input still adds exactly nothing: static stays the base model.
+        with_branch = model(**zeros)
+        for projection in model.camera_projections:
+            nn.init.zeros_(projection.weight)
+        assert torch.equal(with_branch, model(**zeros))
 
 
 def test_audio_attention_is_local_to_its_latent_frame() -> None:

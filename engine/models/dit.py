@@ -3,8 +3,9 @@
 Module and parameter names follow the native Wan2.1 ``WanModel`` (``patch_embedding``,
 ``blocks.N.self_attn.q``, ``head.modulation``...) so public checkpoints key-map onto the trunk.
 What Wan does not have is named with a prefix from ``WAN_ADDED_PREFIXES``: the audio path
-(``audio_embedding``, ``blocks.N.audio_attn``) and the reserved, zero-initialised camera and
-attribute inputs that let later features fine-tune instead of retraining.
+(``audio_embedding``, ``blocks.N.audio_attn``), the ControlNet-style camera branch
+(``camera_embedding`` + one zero-initialised ``camera_projections.N`` into each block) and the
+reserved, zero-initialised attribute input: later features fine-tune them instead of retraining.
 
 Shapes: B batch, C latent channels, T latent frames, h/w latent size; after patchifying, the
 token grid is T' x h' x w' with L = T'*h'*w' tokens laid out (t, h, w), D = cfg.dim.
@@ -189,7 +190,13 @@ class WanDiT(nn.Module):
         self.cfg = cfg
         dim, C, patch = cfg.dim, cfg.latent_channels, cfg.patch_size
         self.patch_embedding = nn.Conv3d(cfg.in_channels, dim, kernel_size=patch, stride=patch)
-        self.camera_embedding = nn.Conv3d(C, dim, kernel_size=patch, stride=patch)
+        # Camera branch: camera latents -> tokens -> a residual into each block. No biases and
+        # GELU(0) = 0, so a zero camera input adds exactly nothing, trained or not; the
+        # projections start at zero, so an untrained branch adds nothing whatever its input.
+        self.camera_embedding = nn.Conv3d(C, dim, kernel_size=patch, stride=patch, bias=False)
+        self.camera_projections = nn.ModuleList(
+            nn.Linear(dim, dim, bias=False) for _ in range(cfg.num_layers)
+        )
         self.text_embedding = nn.Sequential(
             nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
         )
@@ -207,21 +214,24 @@ class WanDiT(nn.Module):
     def init_weights(self) -> None:
         """Wan2.1's init for the trunk; the added paths start as exact no-ops.
 
-        Zero camera/attribute embeddings make the reserved inputs invisible until fine-tuned; a
+        Zero camera projections and attribute embedding make those inputs invisible until
+        fine-tuned (the camera embedding keeps a random init so the projections get a gradient); a
         zero audio output projection makes the audio path an identity at first, so a pretrained
         Wan trunk keeps its behaviour when audio is bolted on. The head is zero, as in Wan.
         """
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
         nn.init.zeros_(self.patch_embedding.bias)
         for m in (*self.text_embedding, *self.time_embedding, *self.audio_embedding):
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
+        nn.init.xavier_uniform_(self.camera_embedding.weight.flatten(1))
         for p in (
-            *self.camera_embedding.parameters(),
+            *self.camera_projections.parameters(),
             *self.attribute_embedding.parameters(),
             *(p for block in self.blocks for p in block.audio_attn.o.parameters()),
             self.head.head.weight,
@@ -248,9 +258,10 @@ class WanDiT(nn.Module):
         T, h, w = x.shape[2:]
         Tp, hp, wp = T // pt, h // ph, w // pw
 
-        # 1. patchify noise + conditioning, plus the reserved camera latents
-        tokens = self.patch_embedding(torch.cat([x, cond], dim=1)) + self.camera_embedding(camera)
+        # 1. patchify noise + conditioning; the camera latents on the same token grid
+        tokens = self.patch_embedding(torch.cat([x, cond], dim=1))
         tokens = tokens.flatten(2).transpose(1, 2)  # (B, T'*h'*w', D)
+        camera_tokens = nn.functional.gelu(self.camera_embedding(camera).flatten(2).transpose(1, 2))
 
         # 2. timestep (+ reserved attributes) -> time embedding and per-block modulation
         e = self.time_embedding(sinusoidal_embedding(timestep, self.cfg.freq_dim).to(x.dtype))
@@ -265,8 +276,8 @@ class WanDiT(nn.Module):
         rope = rope_3d(Tp, hp, wp, self.cfg.dim // self.cfg.num_heads, device=x.device)
 
         # 5. transformer blocks
-        for block in self.blocks:
-            tokens = block(tokens, e_blocks, text, audio, rope)  # (B, T'*h'*w', D)
+        for block, camera_projection in zip(self.blocks, self.camera_projections, strict=True):
+            tokens = block(tokens + camera_projection(camera_tokens), e_blocks, text, audio, rope)
 
         # 6. project tokens back to latent patches
         out = self.head(tokens, e)  # (B, T'*h'*w', pt*ph*pw*C)

@@ -146,7 +146,9 @@ class OnnxBackend(GraphBackend):
         self.directory = Path(directory)
         self.manifest = manifest or read_manifest(self.directory, "onnx")
         self.config = (
-            self.manifest.config if expected is None else check_config(self.manifest, expected, self.directory)
+            self.manifest.config
+            if expected is None
+            else check_config(self.manifest, expected, self.directory)
         )
         self.device = device
         providers = execution_providers(ort, device, self.directory / "ort_trt_cache")

@@ -130,7 +130,9 @@ class TensorRTBackend(GraphBackend):
         self.directory = Path(directory)
         self.manifest = manifest or read_manifest(self.directory, "tensorrt")
         self.config = (
-            self.manifest.config if expected is None else check_config(self.manifest, expected, self.directory)
+            self.manifest.config
+            if expected is None
+            else check_config(self.manifest, expected, self.directory)
         )
         built_with = self.manifest.toolchain.get("tensorrt")
         if built_with != trt.__version__ or self.manifest.device != gpu:

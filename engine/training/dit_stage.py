@@ -64,7 +64,8 @@ def text_context(model: LiveHumanModel, batch: int) -> torch.Tensor:
 def dit_velocity(
     model: LiveHumanModel, x: torch.Tensor, sigma: torch.Tensor, batch: WindowBatch, tokens: torch.Tensor
 ) -> torch.Tensor:
-    """One DiT call with the default model's fixed inputs (empty prompt, no camera, no attributes)."""
+    """One DiT call with the default model's fixed inputs (empty prompt, no attributes) and the
+    batch's camera latents (zeros for static clips)."""
     B = x.shape[0]
     return model.dit(
         x,
@@ -72,7 +73,7 @@ def dit_velocity(
         batch.cond,
         tokens,
         text_context(model, B),
-        torch.zeros_like(x),
+        batch.camera,
         torch.zeros(B, model.config.dit.num_attributes),
     )
 

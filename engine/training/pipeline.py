@@ -1,10 +1,11 @@
-"""``livehuman train``: data, VAE, latents, audio probe, teacher, trajectories, student.
+"""``livehuman train``: data, VAE, latents, audio probe, teacher, trajectories, student, camera.
 
 Every stage writes its result under the output directory and is recorded in ``state.json``, so a
 run that is stopped (or a session that ends) resumes at the stage, and within a stage at the
 checkpoint, where it stopped. Seeds are fixed per step, so a resumed run draws the same batches.
 The finished student is ``OUT/model`` (``config.json`` + ``model.safetensors``): pass it as
-``--preset`` anywhere, or copy it to ``engine/assets/default_model``.
+``--preset`` anywhere, or copy it to ``engine/assets/default_model``. ``finetune`` runs the
+add-on stages alone (the camera branch) on a model trained before, instead of retraining it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from tqdm import tqdm
 from engine.config import ModelConfig, get_preset
 from engine.models.livehuman import LiveHumanModel
 from engine.training import data
+from engine.training.camera_stage import (
+    CameraTrainConfig,
+    camera_step_fn,
+    freeze_all_but_camera,
+    init_camera_branch,
+)
 from engine.training.distill_stage import DistillConfig, cache_trajectories, distill_step_fn
 from engine.training.dit_stage import (
     DiTTrainConfig,
@@ -55,6 +62,7 @@ class TrainPlan:
     vae: VAETrainConfig = field(default_factory=VAETrainConfig)
     dit: DiTTrainConfig = field(default_factory=DiTTrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    camera: CameraTrainConfig = field(default_factory=CameraTrainConfig)
 
 
 PLANS = {
@@ -66,6 +74,7 @@ PLANS = {
         vae=VAETrainConfig(steps=12, batch=2, crop=32),
         dit=DiTTrainConfig(audio_steps=10, steps=30, batch=4),
         distill=DistillConfig(teacher_steps=4, trajectories=8, chunk=4, steps=6, batch=4),
+        camera=CameraTrainConfig(clips=2, steps=6, batch=2),
     ),
 }
 
@@ -193,6 +202,39 @@ def train(preset: str, out_dir: Path, plan: TrainPlan, seed: int = 0, data_dir: 
         save_model(student, out_dir / "model")
         state.record("distill", seconds=round(time.perf_counter() - t0, 1), **tail)
     progress.close()
+    return finetune(out_dir / "model", out_dir, plan, seed)
+
+
+def finetune(model_dir: Path, out_dir: Path, plan: TrainPlan, seed: int = 0) -> Path:
+    """The add-on stages on a trained model: the camera branch on clips with camera moves, the
+    rest frozen. Writes ``OUT/model``, which declares the camera capability; resumable too."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = RunState(out_dir)
+    progress = _Progress()
+    cfg = plan.camera
+    if not state.done("camera"):
+        t0 = time.perf_counter()
+        camera_dir = out_dir / "camera_data"
+        data.generate(
+            camera_dir, {"train": cfg.clips}, seed=seed + 1, camera_fraction=1.0,
+            progress=lambda d, t: progress("camera data", d, t),
+        )  # fmt: skip
+        model = load_model(model_dir)
+        encoded = _encoded(
+            out_dir, model, list(data.iter_clips(camera_dir, "train")), "camera", plan.encode_frames, progress
+        )
+        init_camera_branch(model.dit)
+        opt = torch.optim.AdamW(freeze_all_but_camera(model), lr=cfg.lr, weight_decay=0.0)
+        tail = run_stage(
+            out_dir, "camera", {"dit": model.dit}, opt, cfg.steps,
+            camera_step_fn(model, encoded, model.config, cfg, seed),
+            cosine_lr(cfg.lr, cfg.steps, warmup=20), progress=progress,
+        )  # fmt: skip
+        capabilities = dataclasses.replace(model.config.capabilities, camera=True)
+        model.config = dataclasses.replace(model.config, capabilities=capabilities)
+        save_model(model, out_dir / "model")
+        state.record("camera", seconds=round(time.perf_counter() - t0, 1), **tail)
+    progress.close()
     return out_dir / "model"
 
 
@@ -214,6 +256,7 @@ def _encoded(
         return [EncodedClip(**item) for item in torch.load(path, weights_only=False)]
     model.eval()
     encoded = encode_clips(model, clips, frames, lambda d, t: progress(f"latents {split}", d, t))
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save([dataclasses.asdict(e) for e in encoded], path)
     return encoded
 

@@ -21,7 +21,9 @@ import torch
 from engine.config import FRAMES_PER_LATENT, SAMPLES_PER_FRAME, ModelConfig
 from engine.generator import window_audio_span
 from engine.models.audio import latent_audio_tokens
+from engine.models.camera import camera_latents
 from engine.models.livehuman import LiveHumanModel
+from engine.training import avatar
 from engine.training.data import Clip
 from engine.training.vae_stage import to_model_frames
 
@@ -36,6 +38,7 @@ class EncodedClip:
     audio: np.ndarray  # (N,) float32 at 16 kHz, zero-padded by _AUDIO_PAD_FRAMES each side
     mouth: np.ndarray  # (F, 2) float32 ground-truth mouth open and width per clip frame
     mouth_mask: torch.Tensor  # (T, h, w) 1 on latent pixels the mouth touches in that latent
+    camera: np.ndarray | None = None  # (T, 3) camera pose (zoom, x, y) per clip latent; None: static
 
 
 @torch.no_grad()
@@ -51,13 +54,26 @@ def encode_clip(model: LiveHumanModel, clip: Clip, max_frames: int = 301) -> Enc
             y0, y1, x0, x1 = clip.mouth_box(frame, cfg.height)
             mask[k, y0 // f : -(-y1 // f), x0 // f : -(-x1 // f)] = 1.0
     pad = np.zeros(_AUDIO_PAD_FRAMES * SAMPLES_PER_FRAME, np.float32)
+    moved = clip.meta.get("camera", {}).get("preset", "static") != "static"
     return EncodedClip(
         latents=latents[0],
         reference=reference[0],
         audio=np.concatenate([pad, clip.audio[: n * SAMPLES_PER_FRAME], pad]),
         mouth=np.stack([clip.track.mouth_open[:n], clip.track.mouth_width[:n]], axis=1).astype(np.float32),
         mouth_mask=mask,
+        camera=clip_latent_poses(clip, T) if moved else None,
     )
+
+
+def clip_latent_poses(clip: Clip, latents: int) -> np.ndarray:
+    """(latents, 3) mean camera pose over each clip latent's frames (latent 0 is frame 0 alone)."""
+    t = clip.track
+    frames = np.stack([t.cam_zoom, t.cam_x / avatar.CANVAS, t.cam_y / avatar.CANVAS], axis=1).astype(
+        np.float64
+    )
+    poses = [frames[0]]
+    poses += [frames[4 * k - 3 : 4 * k + 1].mean(axis=0) for k in range(1, latents)]
+    return np.stack(poses)
 
 
 def encode_clips(
@@ -82,6 +98,7 @@ class WindowBatch:
     aux_target: torch.Tensor  # (B, span frames, 2) mouth open/width per span frame
     aux_mask: torch.Tensor  # (B, span frames) 1 where the frame is inside the clip
     weight: torch.Tensor  # (B, 1, W, h, w) loss weight, heavier on the mouth
+    camera: torch.Tensor  # (B, C, W, h, w) camera latents (zeros for a static camera)
     items: list[tuple[int, int]]  # (clip index, clip latent of the window's first latent)
 
 
@@ -104,7 +121,7 @@ def window_batch(
 ) -> WindowBatch:
     s = config.scheduler
     W, O = s.window, s.overlap
-    x0, cond, audio, aux_t, aux_m, weight = [], [], [], [], [], []
+    x0, cond, audio, aux_t, aux_m, weight, camera = [], [], [], [], [], [], []
     for clip_index, k in items:
         e = encoded[clip_index]
         window = e.latents[:, k : k + W]  # (C, W, h, w)
@@ -120,6 +137,10 @@ def window_batch(
         cond.append(torch.cat([mask, motion, e.reference.expand(-1, W, -1, -1)]))
         x0.append(window)
         weight.append(1.0 + mouth_weight * e.mouth_mask[k : k + W][None])
+        poses = None if e.camera is None else e.camera[k : k + W]
+        camera.append(
+            torch.zeros_like(window) if poses is None else camera_latents(e.reference[None], poses)[0]
+        )
         # 2. Audio span in stream frames (stream latent k-1), read at clip frame = stream frame + 1.
         first, count = window_audio_span(config, k - 1)
         start = (first + 1 + _AUDIO_PAD_FRAMES) * SAMPLES_PER_FRAME
@@ -138,6 +159,7 @@ def window_batch(
         aux_target=torch.stack(aux_t),
         aux_mask=torch.stack(aux_m),
         weight=torch.stack(weight),
+        camera=torch.stack(camera),
         items=list(items),
     )
 
