@@ -141,8 +141,11 @@ def _duration(r: dict[str, Any]) -> plt.Figure:
     samples = _rows(r["records"]["samples"], "stream_s", "rss_mb")
     axes[0].plot([s[0] / 60.0 for s in samples], [s[1] for s in samples], "-")
     axes[0].axvline(r["warmup_s"] / 60.0, color="k", ls=":", lw=1)
-    if r["rss_warm_mb"]:
-        axes[0].axhline(r["rss_warm_mb"] * 1.05, color="C3", ls="--", lw=1, label="+5%")
+    after = [s[1] for s in samples if s[0] > r["warmup_s"]]
+    if len(after) >= 3:  # the criterion: the last third against the first third's largest RSS
+        axes[0].axhline(
+            1.05 * max(after[: len(after) // 3]), color="C3", ls="--", lw=1, label="+5% of first third"
+        )
         axes[0].legend(fontsize=7)
     axes[0].set(xlabel="stream minutes", ylabel="RSS MiB", title="memory")
     distance = _rows(r["records"]["distance_per_second"], "second", "identity_distance")

@@ -194,6 +194,11 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _significant(value: Any) -> str:
+    """Four significant figures: goals compare fractions (0.0007) and milliseconds (591.8) alike."""
+    return f"{value:.4g}" if isinstance(value, float) else _fmt(value)
+
+
 def _pct_row(name: str, p: dict[str, Any] | None) -> str:
     p = p or {}
     return f"| {name} | " + " | ".join(_fmt(p.get(k)) for k in ("p50", "p95", "p99", "mean", "n")) + " |"
@@ -241,8 +246,8 @@ def markdown(result: dict[str, Any]) -> str:
         for g in result["goals"]:
             met = "n/a" if g["met"] is None else ("met" if g["met"] else "MISSED")
             lines.append(
-                f"| {g['goal']} | {g['metric']} {g['op']} {_fmt(g['target'], 0)} "
-                f"| {_fmt(g['measured'])} | {met} |"
+                f"| {g['goal']} | {g['metric']} {g['op']} {g['target']:g} "
+                f"| {_significant(g['measured'])} | {met} |"
             )
         lines.append("")
     return "\n".join(lines)
