@@ -272,7 +272,7 @@ def test_duration_two_minutes_of_live_stream_keep_memory_state_and_identity_flat
     result = run_suite(options)
     assert validate(result) == [], validate(result)
     delay_s = result["config"]["scheduler"]["playout_delay_ms"] / 1000.0
-    assert result["frames"] == int((120.0 - delay_s) * 25) + 1, "live: the first frame shows after the delay"
+    assert abs(result["frames"] - (120.0 - delay_s) * 25) <= 1, "live: the first frame shows after the delay"
     assert result["memory_growth_frac"] <= 0.05, result["records"]["samples"]
     assert all(v is not None and v <= 1.5 for v in result["state_ratio"].values()), result["state_ratio"]
     assert abs(result["drift_slope"]) < 0.1 and result["drift_final"] < 3.0, result["summary"]
