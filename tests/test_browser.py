@@ -52,7 +52,9 @@ def speech_wav(path: Path, seconds: float = 6.0, rate: int = 48000) -> Path:
 def server():  # noqa: ANN201
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "server.py"), "--port", str(port), "--ice-hosts", "127.0.0.1"],
+        # torch: the page is under test, not the backend, and a first onnx start exports (~40 s).
+        [sys.executable, str(ROOT / "server.py"), "--port", str(port), "--ice-hosts", "127.0.0.1",
+         "--backend", "torch"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 60
