@@ -28,7 +28,8 @@ from engine.sampler import FlowSampler
 
 @dataclass(frozen=True)
 class Conditioning:
-    """What a session is: who (reference latent), what they are told (text), camera, attributes."""
+    """What a session is: who (reference latent), what they are told (text), attributes. The camera
+    changes during a session, so it lives on the generator (``WindowGenerator.camera``)."""
 
     reference: torch.Tensor  # (1, C, 1, h, w)
     text: torch.Tensor  # (1, L, Dt)
