@@ -161,8 +161,9 @@ def load_backend(
     return backend, info
 
 
-def speech(seconds: float) -> np.ndarray:
-    """The shipped speech sample at 16 kHz, looped to ``seconds``: real speech, pauses included."""
+def speech(seconds: float | None = None) -> np.ndarray:
+    """The shipped speech sample at 16 kHz, looped to ``seconds`` (None: once, at its own length):
+    real speech, pauses included."""
     from engine.media import read_audio
     from engine.resample import StreamResampler
 
@@ -171,6 +172,8 @@ def speech(seconds: float) -> np.ndarray:
     if decoded.sample_rate != RATE:
         resampler = StreamResampler(decoded.sample_rate, RATE)
         mono = np.concatenate([resampler.process(mono), resampler.flush()])
+    if seconds is None:
+        return mono.astype(np.float32)
     return np.resize(mono, int(round(seconds * RATE))).astype(np.float32)
 
 

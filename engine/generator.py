@@ -117,11 +117,12 @@ class WindowGenerator:
         self._mel_extra = a.n_fft - a.hop_length
         self._reference_window = conditioning.reference.expand(-1, -1, self.window, -1, -1)
         self.camera = CameraPath()
+        self._no_camera = torch.zeros_like(self._reference_window)
 
     def camera_window(self, start: int) -> torch.Tensor:
         """(1, C, W, h, w) camera latents of the window at ``start``: zeros while static."""
         if self.camera.is_static:
-            return torch.zeros_like(self._reference_window)
+            return self._no_camera
         return camera_latents(self.cond.reference, self.camera.latent_poses(start, self.window))
 
     # --- the audio a window needs --------------------------------------------------------------

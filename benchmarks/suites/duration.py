@@ -30,7 +30,6 @@ TICK_S = 0.02  # one 20 ms packet per tick, as a session receives speech
 PAUSE_S = 3.0  # nothing pushed after each pass of the speech sample: the avatar idles
 SAMPLE_S = 5.0  # RSS and state sizes every this much stream
 DRIFT_BLOCK = 250  # frames scored together (10 s)
-MEMORY_TOLERANCE = 0.05
 
 
 def rss_mb() -> float:
@@ -82,7 +81,7 @@ def _stream(backend: Any, config: Any, seconds: float, progress: bool) -> dict[s
     from engine.training.estimators import identity_distance
 
     portrait = read_image(ASSETS / "portrait.png", config.height, config.width)
-    voice = _one_pass()
+    voice = speech()
     cycle = len(voice) + int(PAUSE_S * RATE)
     packet = int(TICK_S * RATE)
     clock = VirtualClock()
@@ -124,13 +123,6 @@ def _stream(backend: Any, config: Any, seconds: float, progress: bool) -> dict[s
         "distance": np.concatenate(distance) if distance else np.zeros(0),
         "stats": scheduler.stats,
     }
-
-
-def _one_pass() -> np.ndarray:
-    """The shipped speech sample once (its own length, pauses inside it included)."""
-    from engine.media import read_audio
-
-    return speech(read_audio(ASSETS / "hello.wav").duration_s)
 
 
 def run(options: BenchOptions) -> dict[str, Any]:

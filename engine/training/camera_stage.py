@@ -22,7 +22,7 @@ from engine.models.dit import WanDiT
 from engine.models.livehuman import LiveHumanModel
 from engine.sampler import FlowSampler
 from engine.training.distill_stage import STUDENT_STEPS
-from engine.training.dit_stage import dit_velocity
+from engine.training.dit_stage import flow_matching_loss
 from engine.training.stage import step_rng
 from engine.training.windows import EncodedClip, audio_tokens, sample_items, window_batch
 
@@ -74,12 +74,7 @@ def camera_step_fn(
         with torch.no_grad():
             _, tokens = audio_tokens(model, batch, config)
         sigma = torch.tensor(rng.choice(sigmas, size=cfg.batch), dtype=torch.float32)
-        noise = torch.randn(batch.x0.shape, generator=gen)
-        s = sigma.view(-1, 1, 1, 1, 1)
-        x = (1 - s) * batch.x0 + s * noise
-        velocity = dit_velocity(model, x, sigma, batch, tokens)
-        err = (velocity - (noise - batch.x0)).pow(2) * batch.weight
-        loss = err.sum() / (batch.weight.sum() * batch.x0.shape[1])
+        loss = flow_matching_loss(model, batch, tokens, gen, sigma)
         loss.backward()
         return {"loss": float(loss.detach())}
 

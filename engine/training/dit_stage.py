@@ -79,12 +79,18 @@ def dit_velocity(
 
 
 def flow_matching_loss(
-    model: LiveHumanModel, batch: WindowBatch, tokens: torch.Tensor, gen: torch.Generator
+    model: LiveHumanModel,
+    batch: WindowBatch,
+    tokens: torch.Tensor,
+    gen: torch.Generator,
+    sigma: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Wan's objective: x_s = (1-s) x0 + s n, predict v = n - x0; s drawn with the sampler's shift."""
+    """Wan's objective: x_s = (1-s) x0 + s n, predict v = n - x0. ``sigma`` (B,) fixes the noise
+    levels (the camera stage uses the live sampler's); by default they are drawn with its shift."""
     B = batch.x0.shape[0]
-    t = torch.rand(B, generator=gen)
-    sigma = torch.tensor([shift_sigma(float(v), model.config.sampler.shift) for v in t])
+    if sigma is None:
+        t = torch.rand(B, generator=gen)
+        sigma = torch.tensor([shift_sigma(float(v), model.config.sampler.shift) for v in t])
     noise = torch.randn(batch.x0.shape, generator=gen)
     s = sigma.view(B, 1, 1, 1, 1)
     x = (1 - s) * batch.x0 + s * noise
