@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 TOKEN_ENV = "LIVEHUMAN_TOKEN"
 PACKET_S = 0.02  # one 20 ms packet, as a telephony or agent pipeline sends them
+# A stop (SIGTERM, Ctrl-C) gives open WebSockets and WHEP requests this long to finish, instead of
+# aiohttp's 60 s: sessions are closed by the app's own shutdown hooks, nothing is left to wait for.
+SHUTDOWN_TIMEOUT_S = 3.0
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -102,6 +105,7 @@ def serve_command(args: argparse.Namespace) -> int:
         host=config.host,
         port=config.port,
         print=log.info,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
     return 0
 
@@ -135,7 +139,7 @@ def live_command(args: argparse.Namespace) -> int:
 
     app.on_startup.append(start_microphone)
     app.on_shutdown.insert(0, stop_microphone)
-    web.run_app(app, host=config.host, port=config.port, print=log.info)
+    web.run_app(app, host=config.host, port=config.port, print=log.info, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     return 0
 
 
