@@ -22,6 +22,7 @@ from engine.blend import blend_overlap, blend_weights, color_match, lab_stats
 from engine.config import FPS, FRAMES_PER_LATENT, SAMPLES_PER_FRAME, SAMPLES_PER_LATENT, ModelConfig
 from engine.models.audio import latent_audio_tokens
 from engine.models.camera import CameraPath, camera_latents
+from engine.prompt import PromptPath
 from engine.runtime.base import Backend, DecoderCache
 from engine.sampler import FlowSampler
 
@@ -29,7 +30,8 @@ from engine.sampler import FlowSampler
 @dataclass(frozen=True)
 class Conditioning:
     """What a session is: who (reference latent), what they are told (text), attributes. The camera
-    changes during a session, so it lives on the generator (``WindowGenerator.camera``)."""
+    and the prompt change during a session, so their paths live on the generator
+    (``WindowGenerator.camera`` and ``.prompt``); ``text`` is the prompt the session began with."""
 
     reference: torch.Tensor  # (1, C, 1, h, w)
     text: torch.Tensor  # (1, L, Dt)
@@ -117,6 +119,7 @@ class WindowGenerator:
         self._mel_extra = a.n_fft - a.hop_length
         self._reference_window = conditioning.reference.expand(-1, -1, self.window, -1, -1)
         self.camera = CameraPath()
+        self.prompt = PromptPath(conditioning.text)
         self._no_camera = torch.zeros_like(self._reference_window)
 
     def camera_window(self, start: int) -> torch.Tensor:
@@ -183,6 +186,7 @@ class WindowGenerator:
         motion[:, :, :O] = state.tail
         cond = torch.cat([mask, motion, self._reference_window], dim=1)  # (1, 2C+1, W, h, w)
         camera = self.camera_window(start)
+        text = self.prompt.at(start + O)
 
         # 3. Few-step sampling; the overlap is pinned to the re-noised tail at every step but the last.
         sigmas = self.sampler.sigmas(steps)
@@ -195,7 +199,7 @@ class WindowGenerator:
                 torch.tensor([sigma * 1000.0]),
                 cond,
                 tokens,
-                self.cond.text,
+                text,
                 camera,
                 self.cond.attributes,
             )

@@ -22,6 +22,7 @@ from engine.generator import Conditioning
 from engine.media import Mp4Writer, read_audio, read_image
 from engine.metrics import SeamMeter
 from engine.models.camera import CameraMove, check_camera
+from engine.prompt import check_prompt
 from engine.runtime.base import Backend
 from engine.scheduler import OutputFrame, Scheduler
 
@@ -131,6 +132,7 @@ def render_each(
     duration_s = len(samples) / sample_rate
     wall_start = time.perf_counter()
     check_camera(config, camera)
+    check_prompt(config, prompt)
     conditioning = Conditioning.from_portrait(backend, portrait, prompt)
     scheduler = Scheduler(backend, conditioning, config, seed=seed, portrait=portrait)
     if camera is not None:

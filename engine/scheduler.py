@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import torch
 
 from engine.clock import Clock
 from engine.config import (
@@ -193,6 +194,12 @@ class Scheduler:
         with self._lock:
             first_new = max(self._state.start + self.sched.overlap, 0)
             self.generator.camera.change(move, FRAMES_PER_LATENT * first_new)
+
+    def set_prompt(self, text: torch.Tensor) -> None:
+        """Change the prompt's text context (1, L, Dt) from the next window on, easing from the one
+        on screen (``PromptPath``)."""
+        with self._lock:
+            self.generator.prompt.change(text, max(self._state.start + self.sched.overlap, 0))
 
     def end_segment(self) -> None:
         """End of an utterance: the next push starts a new segment (placed anew when live).

@@ -25,6 +25,7 @@ USER_ERRORS = (MediaError, ConfigError, WeightsError, BackendUnavailable, Export
 
 def _render(args: argparse.Namespace) -> int:
     from engine.models.camera import check_camera, parse_camera
+    from engine.prompt import check_prompt
     from engine.render import render, with_overrides
     from livehuman.backends import load_backend
 
@@ -35,8 +36,12 @@ def _render(args: argparse.Namespace) -> int:
     config = with_overrides(backend.config, steps=args.steps, blend=args.blend)
     camera = parse_camera(args.camera)
     check_camera(config, camera)
+    check_prompt(config, args.prompt)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    report = render(backend, args.image, args.audio, args.out, config=config, seed=args.seed, camera=camera)
+    report = render(
+        backend, args.image, args.audio, args.out,
+        config=config, seed=args.seed, prompt=args.prompt, camera=camera,
+    )  # fmt: skip
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
@@ -111,6 +116,14 @@ def _eval(args: argparse.Namespace) -> int:
             evaluate.summary(figures),
             f"misses {failed}" if failed else "passes",
         )
+    for attribute, effect in (report["prompt"] or {}).get("effects", {}).items():
+        log.info(
+            "eval prompt %s ('%s' against '%s'): the right way on %.0f%% of clips, %s of the asked change",
+            attribute,
+            *effect["prompts"],
+            100 * effect["moved_right_way"],
+            evaluate.fmt_fraction(effect["fraction_of_truth"]),
+        )
     log.info("wrote %s (%d clips, %.1f s)", args.report, len(clips), report["durations_s"])
     if args.write_fallback:
         _write_fallback(Path(args.preset), evaluate.passing_steps(report))
@@ -161,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
         "crane_up, crane_down, handheld; two can be mixed, e.g. push_in:50+handheld:30",
     )
     render.add_argument(
+        "--prompt",
+        default="",
+        help="expression and scene, e.g. 'smiling, a dark moody background' (the default model's phrases "
+        "are listed in the README)",
+    )
+    render.add_argument(
         "--backend",
         choices=("torch", "onnx", "tensorrt", "auto"),
         default="torch",
@@ -180,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--finetune",
         metavar="MODEL",
-        help="run only the add-on stages (the camera branch) on this trained model (default, or a "
-        "model directory) instead of training from scratch",
+        help="run only the add-on stages this trained model lacks (camera branch, prompt control) on it "
+        "(default, or a model directory) instead of training from scratch",
     )
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser(

@@ -21,9 +21,10 @@ from typing import Any, Final
 
 from aiohttp import BodyPartReader, web
 
-from engine.config import FPS, Capabilities, ConfigError
+from engine.config import FPS, Capabilities, ConfigError, ModelConfig
 from engine.media import MediaError
 from engine.models.camera import CameraMove, parse_camera
+from engine.prompt import check_prompt
 from stream.app import AUDIO_PATH, CONFIG_KEY, MANAGER_KEY, SESSION_PATH, WHEP_PATH, ApiError
 from stream.session import Session, SessionOptions
 from stream.sessions import SessionManager, SessionNotFound
@@ -37,7 +38,7 @@ FILE_FIELDS: Final = ("image", "video")
 TEXT_FIELDS: Final = ("prompt", "camera", "seed")
 # Options a session can be given when the model supports them; the rest are refused until wired.
 CREATE_WIRED: Final = frozenset({"prompt", "camera"})
-UPDATE_WIRED: Final = frozenset({"camera"})  # a live prompt change would re-encode the text: not yet
+UPDATE_WIRED: Final = frozenset({"prompt", "camera"})
 
 
 def setup(app: web.Application) -> None:
@@ -97,6 +98,7 @@ async def create_session(request: web.Request) -> web.Response:
         )
     asked = {"prompt": bool(body.prompt), "camera": body.camera is not None}
     _require_supported(manager.config.capabilities, asked, CREATE_WIRED)
+    _check_prompt(manager.config, body.prompt)
     options = SessionOptions(prompt=body.prompt, seed=body.seed, camera=_camera(body.camera))
     try:
         session = await manager.create(body.image, options)
@@ -122,8 +124,13 @@ async def update_session(request: web.Request) -> web.Response:
         "camera": data.get("camera") is not None,
     }
     _require_supported(manager.config.capabilities, asked, UPDATE_WIRED)
-    if asked["camera"]:
-        session.set_camera(_camera(data["camera"]))
+    if asked["prompt"]:
+        _check_prompt(manager.config, prompt)
+    camera = _camera(data["camera"]) if asked["camera"] else None  # validated before anything changes
+    if asked["prompt"]:
+        await session.set_prompt(prompt)
+    if camera is not None:
+        session.set_camera(camera)
     manager.touch(session.id)
     return web.json_response(_view(manager, session))
 
@@ -287,6 +294,13 @@ def _camera(value: object) -> CameraMove:
         )
     try:
         return parse_camera(value)
+    except ConfigError as exc:
+        raise ApiError(422, str(exc)) from exc
+
+
+def _check_prompt(config: ModelConfig, prompt: str) -> None:
+    try:
+        check_prompt(config, prompt)
     except ConfigError as exc:
         raise ApiError(422, str(exc)) from exc
 

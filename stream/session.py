@@ -139,6 +139,13 @@ class Session:
         self.scheduler.set_camera(move)
         self.options = dataclasses.replace(self.options, camera=move)
 
+    async def set_prompt(self, prompt: str) -> None:
+        """A live prompt change: encoded off the event loop, it applies from the next window and
+        eases in over about a second (``engine.prompt.PromptPath``), so there is no jump."""
+        text = await asyncio.to_thread(self.scheduler.generator.backend.encode_text, prompt)
+        self.scheduler.set_prompt(text)
+        self.options = dataclasses.replace(self.options, prompt=prompt)
+
     def push_audio(self, samples: np.ndarray, sample_rate: int) -> int:
         """Queue mono float32 speech at its own rate; returns its segment id."""
         return self.scheduler.push_audio(samples, sample_rate)

@@ -96,4 +96,5 @@ class FakeBackend(Backend):
         return (torch.zeros(batch),)
 
     def encode_text(self, prompt: str) -> torch.Tensor:
-        return torch.zeros(1, 4, self.config.text.dim)
+        """Distinct per prompt length, so a test can see which prompt reached the scheduler."""
+        return torch.full((1, 4, self.config.text.dim), float(len(prompt.encode())))

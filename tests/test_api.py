@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from aiohttp import FormData, web
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
@@ -445,36 +446,40 @@ def test_the_tiny_model_serves_a_session_end_to_end() -> None:
     assert 'livehuman_stage_latency_seconds_count{stage="dit"}' in metrics
 
 
-def test_a_camera_model_takes_a_move_at_create_and_live_and_refuses_a_bad_one() -> None:
+def test_a_camera_and_prompt_model_takes_both_at_create_and_live_and_refuses_bad_ones() -> None:
     """Camera: 422 naming the valid presets when malformed, set at create, changed live by PATCH
-    (it reaches the session's scheduler). A live prompt change is still refused explicitly."""
+    (it reaches the session's scheduler). Prompt: set at create, changed live (the scheduler's
+    prompt path ends at the new prompt's encoding), 422 when longer than the model reads."""
     config = dataclasses.replace(CONFIG, capabilities=Capabilities(camera=True, prompt=True))
-    harness = Harness(FakeBackend(config))
+    backend = FakeBackend(config)
+    harness = Harness(backend)
 
-    async def main() -> tuple[str, str, dict, dict, str, int]:
+    async def main() -> tuple[str, str, dict, dict, dict, str, torch.Tensor]:
         bad = await _error(await harness.client.post("/v1/sessions", data=_form(camera="orbit")), 422)
         session_id = await harness.create(camera="push_in:50", prompt="a calm presenter")
         created = await (await harness.client.get(f"/v1/sessions/{session_id}")).json()
         url = f"/v1/sessions/{session_id}"
         bad_live = await _error(await harness.client.patch(url, json={"camera": "pan_left:300"}), 422)
         changed = await (await harness.client.patch(url, json={"camera": "pan_left"})).json()
-        path = harness.manager.get(session_id).scheduler.generator.camera
-        moved = float(path.poses([10_000])[0][1])
-        prompt = await _error(await harness.client.patch(url, json={"prompt": "excited"}), 422)
-        same = await harness.client.patch(url, json={"prompt": "a calm presenter"})
+        generator = harness.manager.get(session_id).scheduler.generator
+        moved = float(generator.camera.poses([10_000])[0][1])
+        prompted = await (await harness.client.patch(url, json={"prompt": "smiling"})).json()
+        too_long = await _error(await harness.client.patch(url, json={"prompt": "x" * 100}), 422)
+        text = generator.prompt.text
         await harness.client.delete(url)
         assert moved > 0.1, "the live change reached the scheduler: the scene ends moved right"
-        return bad, bad_live, created, changed, prompt, same.status
+        return bad, bad_live, created, changed, prompted, too_long, text
 
     try:
-        bad, bad_live, created, changed, prompt, same = harness.run(main())
+        bad, bad_live, created, changed, prompted, too_long, text = harness.run(main())
     finally:
         harness.close()
     assert "unknown preset 'orbit'" in bad and "push_in" in bad and "\n" not in bad
     assert "outside 0-100" in bad_live
     assert created["camera"] == "push_in:50" and changed["camera"] == "pan_left:100"
-    assert prompt == "prompt: supported by the model but not by this server yet"
-    assert same == 200
+    assert created["prompt"] == "a calm presenter" and prompted["prompt"] == "smiling"
+    assert torch.equal(text, backend.encode_text("smiling")), "the live prompt reached the scheduler"
+    assert too_long == f"prompt: 100 bytes, but this model reads at most {config.text.max_tokens}"
 
 
 def test_build_app_takes_extra_route_modules() -> None:

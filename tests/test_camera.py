@@ -129,33 +129,11 @@ def test_a_model_without_the_branch_refuses_a_move_in_one_line() -> None:
 
 
 def test_a_live_change_reaches_the_dit_from_the_next_windows_first_new_latent() -> None:
-    from engine.generator import Conditioning
-    from engine.models.livehuman import LiveHumanModel
-    from engine.runtime.torch_backend import TorchBackend
-    from engine.scheduler import Scheduler
-    from tests.test_scheduler import tone
+    from tests.live_change import dit_inputs_around_a_change
 
-    config = get_preset("tiny")
-    backend = TorchBackend(LiveHumanModel.random(config))
-    cameras: list[torch.Tensor] = []
-    dit_step = backend.dit_step
-
-    def recording(*args: torch.Tensor) -> torch.Tensor:
-        cameras.append(args[5].clone())
-        return dit_step(*args)
-
-    backend.dit_step = recording  # type: ignore[method-assign]
-    portrait = np.random.default_rng(0).integers(0, 255, (config.height, config.width, 3), dtype=np.uint8)
-    scheduler = Scheduler(backend, Conditioning.from_portrait(backend, portrait), config)
-    scheduler.push_audio(tone(2.0), 16000)
-    scheduler.end_input()
-    for _ in range(3):
-        scheduler.work()
-    before = len(cameras)
-    scheduler.set_camera(parse_camera("pan_left"))
-    while not scheduler.done:
-        scheduler.work()
-        scheduler.release()
+    cameras, before, config = dit_inputs_around_a_change(
+        5, lambda scheduler, _: scheduler.set_camera(parse_camera("pan_left")), seconds=2.0
+    )
     O = config.scheduler.overlap
     assert all(torch.equal(c, torch.zeros_like(c)) for c in cameras[:before]), "static until the change"
     first_after = cameras[before]

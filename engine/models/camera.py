@@ -116,7 +116,7 @@ def check_camera(config: ModelConfig, move: CameraMove | None) -> None:
         )
 
 
-def _ease(u: np.ndarray) -> np.ndarray:
+def smoothstep(u: np.ndarray) -> np.ndarray:
     """Smoothstep: zero velocity at both ends, so a move starts and stops without a jerk."""
     u = np.clip(u, 0.0, 1.0)
     return u * u * (3.0 - 2.0 * u)
@@ -166,7 +166,7 @@ class CameraPath:
             pick = which == i
             if not pick.any():
                 continue
-            u = _ease((frames[pick] - seg.from_frame) / (MOVE_S * FPS))[:, None]
+            u = smoothstep((frames[pick] - seg.from_frame) / (MOVE_S * FPS))[:, None]
             begin, end = np.asarray(seg.start_pose), np.asarray(seg.move.end_pose())
             poses[pick] = begin + u * (end - begin)
             # Zoom eases in log space, so push_in and push_out are mirror images.

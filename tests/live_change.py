@@ -1,0 +1,45 @@
+"""A live change made mid-stream, seen at the DiT's input: shared by the camera and prompt tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from engine.config import ModelConfig, get_preset
+from engine.generator import Conditioning
+from engine.models.livehuman import LiveHumanModel
+from engine.runtime.torch_backend import TorchBackend
+from engine.scheduler import Scheduler
+from tests.test_scheduler import tone
+
+
+def dit_inputs_around_a_change(
+    argument: int, change: Callable[[Scheduler, TorchBackend], None], seconds: float = 3.0
+) -> tuple[list[torch.Tensor], int, ModelConfig]:
+    """The random tiny model through the offline scheduler, recording DiT input ``argument`` of every
+    call, with ``change(scheduler, backend)`` made after three windows. Returns (the inputs, how
+    many calls came before the change, the config)."""
+    config = get_preset("tiny")
+    backend = TorchBackend(LiveHumanModel.random(config))
+    recorded: list[torch.Tensor] = []
+    dit_step = backend.dit_step
+
+    def recording(*args: torch.Tensor) -> torch.Tensor:
+        recorded.append(args[argument].clone())
+        return dit_step(*args)
+
+    backend.dit_step = recording  # type: ignore[method-assign]
+    portrait = np.random.default_rng(0).integers(0, 255, (config.height, config.width, 3), dtype=np.uint8)
+    scheduler = Scheduler(backend, Conditioning.from_portrait(backend, portrait), config)
+    scheduler.push_audio(tone(seconds), 16000)
+    scheduler.end_input()
+    for _ in range(3):
+        scheduler.work()
+    before = len(recorded)
+    change(scheduler, backend)
+    while not scheduler.done:
+        scheduler.work()
+        scheduler.release()
+    return recorded, before, config
