@@ -7,6 +7,7 @@ that the scoring pipeline can see lip sync when there is some.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -15,8 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import ConfigError
+from engine.config import Capabilities, ConfigError, get_preset
+from engine.models.livehuman import LiveHumanModel
+from engine.runtime.torch_backend import TorchBackend
 from engine.training import evaluate as ev
+from engine.training.prompts import ATTRIBUTES
 from livehuman.backends import load_backend
 from livehuman.cli import main
 
@@ -148,6 +152,29 @@ def test_eval_cli_rejects_bad_values_in_one_line(tmp_path, capsys, args) -> None
     code = main(["eval", "--preset", "tiny", "--report", str(tmp_path / "r.json"), *args])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("livehuman: error:") and "\n" not in err
+
+
+def test_a_prompt_model_is_also_judged_on_opposite_prompts(clip) -> None:  # noqa: ANN001
+    """Schema and wiring only (random weights follow no prompt): per attribute of the language,
+    the estimate's change on generated video and on the renderer's own frames, and the prompt
+    estimators' validation."""
+    config = dataclasses.replace(get_preset("tiny"), capabilities=Capabilities(prompt=True))
+    backend = TorchBackend(LiveHumanModel.random(config))
+    calls: list[tuple[int, int]] = []
+    short = ev.trim(clip, 13)
+    report = ev.evaluate(
+        backend, [short], steps_list=(1,), progress=lambda d, t: calls.append((d, t)),
+        validation={"clips": 1, "frames": 20},
+    )  # fmt: skip
+    json.dumps(report, allow_nan=False)
+    prompt = report["prompt"]
+    assert set(prompt["effects"]) == set(ATTRIBUTES) and prompt["frames"] == ev.PROMPT_FRAMES
+    assert set(prompt["estimators"]) == {f"{a}_corr" for a in ATTRIBUTES}
+    for effect in prompt["effects"].values():
+        assert len(effect["change_generated"]) == len(effect["change_truth"]) == 1
+        assert effect["change_truth"][0] > 0, "the high prompt's level reads higher on the renders"
+    total = 2 + 2 * len(ATTRIBUTES)
+    assert calls == [(i, total) for i in range(1, total + 1)]
 
 
 def test_eval_cli_writes_the_report(tmp_path, monkeypatch, caplog, report_and_calls, clip) -> None:  # noqa: ANN001

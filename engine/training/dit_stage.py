@@ -62,17 +62,22 @@ def text_context(model: LiveHumanModel, batch: int) -> torch.Tensor:
 
 
 def dit_velocity(
-    model: LiveHumanModel, x: torch.Tensor, sigma: torch.Tensor, batch: WindowBatch, tokens: torch.Tensor
+    model: LiveHumanModel,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    batch: WindowBatch,
+    tokens: torch.Tensor,
+    text: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One DiT call with the default model's fixed inputs (empty prompt, no attributes) and the
-    batch's camera latents (zeros for static clips)."""
+    """One DiT call with the batch's camera latents (zeros for static clips), no attributes, and
+    ``text`` (B, L, Dt) as the prompt context: the empty prompt's unless the prompt stage passes one."""
     B = x.shape[0]
     return model.dit(
         x,
         sigma * 1000.0,
         batch.cond,
         tokens,
-        text_context(model, B),
+        text_context(model, B) if text is None else text,
         batch.camera,
         torch.zeros(B, model.config.dit.num_attributes),
     )
@@ -84,9 +89,11 @@ def flow_matching_loss(
     tokens: torch.Tensor,
     gen: torch.Generator,
     sigma: torch.Tensor | None = None,
+    text: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Wan's objective: x_s = (1-s) x0 + s n, predict v = n - x0. ``sigma`` (B,) fixes the noise
-    levels (the camera stage uses the live sampler's); by default they are drawn with its shift."""
+    levels (the camera and prompt stages use the live sampler's); by default they are drawn with
+    its shift. ``text`` is the prompt context (the empty prompt's by default)."""
     B = batch.x0.shape[0]
     if sigma is None:
         t = torch.rand(B, generator=gen)
@@ -94,7 +101,7 @@ def flow_matching_loss(
     noise = torch.randn(batch.x0.shape, generator=gen)
     s = sigma.view(B, 1, 1, 1, 1)
     x = (1 - s) * batch.x0 + s * noise
-    velocity = dit_velocity(model, x, sigma, batch, tokens)
+    velocity = dit_velocity(model, x, sigma, batch, tokens, text)
     err = (velocity - (noise - batch.x0)).pow(2) * batch.weight
     return err.sum() / (batch.weight.sum() * batch.x0.shape[1])
 

@@ -36,7 +36,9 @@ from engine.config import FPS, MODEL_SAMPLE_RATE, SAMPLES_PER_FRAME, ConfigError
 from engine.render import render_each, render_frames, with_overrides
 from engine.runtime.base import Backend
 from engine.training import data, estimators, speech, visemes
+from engine.training.attribute_estimates import validate_attribute_estimators
 from engine.training.data import Clip
+from engine.training.prompt_eval import OPPOSITES, prompt_effects
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ IDLE_MARGIN = 3  # idle frames are at least this many frames from any speech fra
 IDLE_TRUTH_MAX = 0.05  # ... and the true mouth opening is below this
 NOISE_RAMP_S = 0.01  # gap noise fades in and out over this, so its edges do not click
 DRIFT_BLOCK = 250  # frames scored at a time in a long drift run
+PROMPT_FRAMES = 75  # 3 s per prompt render: enough windows for a prompt to settle (it eases in over 1 s)
 NOTE = (
     "Scores come from this project's own estimators (engine/training/estimators.py) on its synthetic "
     "avatar family with ground-truth mouth tracks. They are NOT comparable to SyncNet LSE-C/LSE-D or "
@@ -448,19 +451,25 @@ def evaluate(
     model: str | None = None,
     machine: dict[str, Any] | None = None,
     validation: dict[str, Any] | None = None,
+    prompt_clips: int = 2,
 ) -> dict[str, Any]:
     """The evaluation report (JSON-serialisable) of ``backend`` on ``clips`` at each step count.
 
     ``progress(done, total)`` is called after every generation: two per clip and step count (clean
-    audio, noise in the pauses) plus one long run per step count when ``drift_seconds`` > 0.
-    ``validation`` holds keyword arguments for ``estimators.validate_estimators`` (tests make it small).
+    audio, noise in the pauses) plus one long run per step count when ``drift_seconds`` > 0, and
+    the prompt renders. ``validation`` holds keyword arguments for
+    ``estimators.validate_estimators`` (tests make it small). A model with prompt control is also
+    judged on its first ``prompt_clips`` clips, cut to ``PROMPT_FRAMES``, at 4 steps
+    (``prompt_eval``).
     """
     if not clips:
         raise ConfigError("evaluation needs at least one clip")
     if drift_seconds < 0:
         raise ConfigError(f"drift seconds must not be negative, got {drift_seconds}")
     threshold = closed_threshold()
+    prompted = list(clips[:prompt_clips]) if backend.config.capabilities.prompt else []
     total = len(steps_list) * (2 * len(clips) + (1 if drift_seconds > 0 else 0))
+    total += 2 * len(OPPOSITES) * len(prompted)
     done = 0
 
     def tick() -> None:
@@ -475,6 +484,10 @@ def evaluate(
             backend, clips, steps, threshold, seed=seed, drift_seconds=drift_seconds, tick=tick
         )
         log.debug("steps %d: %s", steps, summary(per_steps[str(steps)]))
+    prompt = None
+    if prompted:
+        effects = prompt_effects(backend, [trim(c, PROMPT_FRAMES) for c in prompted], seed=seed, tick=tick)
+        prompt = {"estimators": validate_attribute_estimators(), "frames": PROMPT_FRAMES, "effects": effects}
     return _jsonable(
         {
             "note": NOTE,
@@ -492,6 +505,7 @@ def evaluate(
             "baseline": loudness_baseline(clips),
             "oracle": oracle(clips, backend.config.height, threshold),
             "steps": per_steps,
+            "prompt": prompt,
         }
     )
 
@@ -508,6 +522,10 @@ def summary(figures: dict[str, Any]) -> str:
         "drift_slope",
     )
     return ", ".join(f"{k} {_fmt(figures.get(k))}" for k in keys)
+
+
+def fmt_fraction(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
 def _fmt(value: Any) -> str:

@@ -1,11 +1,12 @@
-"""``livehuman train``: data, VAE, latents, audio probe, teacher, trajectories, student, camera.
+"""``livehuman train``: data, VAE, latents, audio probe, teacher, trajectories, student, camera, prompt.
 
 Every stage writes its result under the output directory and is recorded in ``state.json``, so a
 run that is stopped (or a session that ends) resumes at the stage, and within a stage at the
 checkpoint, where it stopped. Seeds are fixed per step, so a resumed run draws the same batches.
 The finished student is ``OUT/model`` (``config.json`` + ``model.safetensors``): pass it as
 ``--preset`` anywhere, or copy it to ``engine/assets/default_model``. ``finetune`` runs the
-add-on stages alone (the camera branch) on a model trained before, instead of retraining it.
+add-on stages a model lacks (camera branch, prompt control) on a model trained before, instead
+of retraining it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,14 @@ from engine.training.dit_stage import (
     audio_step_fn,
     dit_step_fn,
     probe_correlation,
+)
+from engine.training.prompt_stage import (
+    PromptClip,
+    PromptTrainConfig,
+    freeze_all_but_text,
+    make_prompt_clips,
+    prompt_step_fn,
+    widen_text_encoder,
 )
 from engine.training.stage import RunState, cosine_lr, run_stage
 from engine.training.vae_stage import (
@@ -63,6 +73,7 @@ class TrainPlan:
     dit: DiTTrainConfig = field(default_factory=DiTTrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     camera: CameraTrainConfig = field(default_factory=CameraTrainConfig)
+    prompt: PromptTrainConfig = field(default_factory=PromptTrainConfig)
 
 
 PLANS = {
@@ -75,6 +86,7 @@ PLANS = {
         dit=DiTTrainConfig(audio_steps=10, steps=30, batch=4),
         distill=DistillConfig(teacher_steps=4, trajectories=8, chunk=4, steps=6, batch=4),
         camera=CameraTrainConfig(clips=2, steps=6, batch=2),
+        prompt=PromptTrainConfig(clips=2, frames=21, steps=6, batch=2),
     ),
 }
 
@@ -206,36 +218,99 @@ def train(preset: str, out_dir: Path, plan: TrainPlan, seed: int = 0, data_dir: 
 
 
 def finetune(model_dir: Path, out_dir: Path, plan: TrainPlan, seed: int = 0) -> Path:
-    """The add-on stages on a trained model: the camera branch on clips with camera moves, the
-    rest frozen. Writes ``OUT/model``, which declares the camera capability; resumable too."""
+    """The add-on stages a trained model lacks, each with the rest of the model frozen: the camera
+    branch (clips with camera moves), then prompt control (clips rendered with and without the
+    prompt's attributes). Writes ``OUT/model``, which declares the capabilities; resumable too."""
     out_dir.mkdir(parents=True, exist_ok=True)
     state = RunState(out_dir)
     progress = _Progress()
-    cfg = plan.camera
-    if not state.done("camera"):
-        t0 = time.perf_counter()
-        camera_dir = out_dir / "camera_data"
-        data.generate(
-            camera_dir, {"train": cfg.clips}, seed=seed + 1, camera_fraction=1.0,
-            progress=lambda d, t: progress("camera data", d, t),
-        )  # fmt: skip
-        model = load_model(model_dir)
-        encoded = _encoded(
-            out_dir, model, list(data.iter_clips(camera_dir, "train")), "camera", plan.encode_frames, progress
-        )
-        init_camera_branch(model.dit)
-        opt = torch.optim.AdamW(freeze_all_but_camera(model), lr=cfg.lr, weight_decay=0.0)
-        tail = run_stage(
-            out_dir, "camera", {"dit": model.dit}, opt, cfg.steps,
-            camera_step_fn(model, encoded, model.config, cfg, seed),
-            cosine_lr(cfg.lr, cfg.steps, warmup=20), progress=progress,
-        )  # fmt: skip
-        capabilities = dataclasses.replace(model.config.capabilities, camera=True)
-        model.config = dataclasses.replace(model.config, capabilities=capabilities)
-        save_model(model, out_dir / "model")
-        state.record("camera", seconds=round(time.perf_counter() - t0, 1), **tail)
+    model = load_model(model_dir)
+    given = model.config.capabilities
+    if not model.config.capabilities.camera:
+        model = _addon_stage("camera", _train_camera, model, out_dir, plan, seed, state, progress)
+    if not model.config.capabilities.prompt:
+        model = _addon_stage("prompt", _train_prompt, model, out_dir, plan, seed, state, progress)
     progress.close()
-    return out_dir / "model"
+    target = out_dir / "model"
+    if model.config.capabilities != given or model_dir.resolve() != target.resolve():
+        save_model(model, target)
+    return target
+
+
+def _with_capability(model: LiveHumanModel, **flags: bool) -> LiveHumanModel:
+    capabilities = dataclasses.replace(model.config.capabilities, **flags)
+    model.config = dataclasses.replace(model.config, capabilities=capabilities)
+    return model
+
+
+_AddOn = Callable[[LiveHumanModel, Path, TrainPlan, int, _Progress], dict[str, float]]
+
+
+def _addon_stage(
+    name: str,
+    train: _AddOn,
+    model: LiveHumanModel,
+    out_dir: Path,
+    plan: TrainPlan,
+    seed: int,
+    state: RunState,
+    progress: _Progress,
+) -> LiveHumanModel:
+    """One add-on stage: when done, the model it saved; else ``train`` fine-tunes ``model`` in place
+    (returning its final losses) and the result is saved declaring the capability ``name``."""
+    path = out_dir / "stages" / name
+    if state.done(name):
+        return load_model(path)
+    t0 = time.perf_counter()
+    tail = train(model, out_dir, plan, seed, progress)
+    save_model(_with_capability(model, **{name: True}), path)
+    state.record(name, seconds=round(time.perf_counter() - t0, 1), **tail)
+    return model
+
+
+def _train_camera(
+    model: LiveHumanModel, out_dir: Path, plan: TrainPlan, seed: int, progress: _Progress
+) -> dict[str, float]:
+    cfg = plan.camera
+    camera_dir = out_dir / "camera_data"
+    data.generate(
+        camera_dir, {"train": cfg.clips}, seed=seed + 1, camera_fraction=1.0,
+        progress=lambda d, t: progress("camera data", d, t),
+    )  # fmt: skip
+    encoded = _encoded(
+        out_dir, model, list(data.iter_clips(camera_dir, "train")), "camera", plan.encode_frames, progress
+    )
+    init_camera_branch(model.dit)
+    opt = torch.optim.AdamW(freeze_all_but_camera(model), lr=cfg.lr, weight_decay=0.0)
+    return run_stage(
+        out_dir, "camera", {"dit": model.dit}, opt, cfg.steps,
+        camera_step_fn(model, encoded, model.config, cfg, seed),
+        cosine_lr(cfg.lr, cfg.steps, warmup=20), progress=progress,
+    )  # fmt: skip
+
+
+def _train_prompt(
+    model: LiveHumanModel, out_dir: Path, plan: TrainPlan, seed: int, progress: _Progress
+) -> dict[str, float]:
+    cfg = plan.prompt
+    cache = out_dir / "stages" / "latents_prompt.pt"
+    if cache.exists():
+        clips = [
+            PromptClip(EncodedClip(**c["before"]), EncodedClip(**c["after"]), c["target"])
+            for c in torch.load(cache, weights_only=False)
+        ]
+    else:
+        model.eval()
+        clips = make_prompt_clips(model, cfg, seed, lambda d, t: progress("prompt latents", d, t))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save([dataclasses.asdict(c) | {"target": c.target} for c in clips], cache)
+    widen_text_encoder(model)
+    opt = torch.optim.AdamW(freeze_all_but_text(model), lr=cfg.lr, weight_decay=0.0)
+    return run_stage(
+        out_dir, "prompt", {"dit": model.dit, "text": model.text}, opt, cfg.steps,
+        prompt_step_fn(model, clips, model.config, cfg, seed),
+        cosine_lr(cfg.lr, cfg.steps, warmup=20), progress=progress,
+    )  # fmt: skip
 
 
 def _stage_model(out_dir: Path, stage: str, config: ModelConfig, seed: int) -> LiveHumanModel:

@@ -1,0 +1,151 @@
+"""Stage 6: prompt control, fine-tuned through the text path, the rest of the model frozen.
+
+The default model was trained on the empty prompt alone, so its text encoder and text
+cross-attention only carry a constant. This stage teaches them the prompt language of
+``engine.training.prompts``: each training clip is rendered twice from the same track, once with
+the portrait's attributes and once with the attributes a sampled prompt asks for; the reference
+stays the portrait, so the prompt is the only way to learn the difference. A fifth of the clips
+carry the empty prompt and an unchanged video, which holds the unprompted output where it was.
+
+A prompt set at the start of a session, or changed live, meets a motion prefix that still shows
+the old attributes; half the windows are cut that way (prefix from the "before" render, new
+latents from the "after" one), so the model learns to move towards the prompt, not only to hold
+it. The attributes are small in latent space (a full smile is a few cells), so the cells a prompt
+changes weigh as much as the mouth in the loss. Only the text encoder, the DiT's text embedding
+and its per-block text cross-attention train; the loss is flow matching at the live sampler's
+noise levels, as in the camera stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.config import ModelConfig
+from engine.models.livehuman import LiveHumanModel
+from engine.training import data
+from engine.training.camera_stage import live_sigmas
+from engine.training.dit_stage import flow_matching_loss
+from engine.training.prompts import PromptTarget, sample_target
+from engine.training.stage import step_rng
+from engine.training.windows import EncodedClip, audio_tokens, encode_clip, sample_items, window_batch
+
+# Latent cells whose value the prompt's attributes move by more than this weigh like the mouth in
+# the loss: a full smile moves the latents by at most ~0.09 (their std is ~0.39), a gaze by ~0.24.
+CHANGE_THRESHOLD = 0.03
+PROMPT_TOKENS = 64  # bytes the text encoder reads: two phrases of the prompt language, with room
+
+
+@dataclass(frozen=True)
+class PromptTrainConfig:
+    # Clips rendered twice (portrait's attributes, prompt's attributes): many short ones, since
+    # what the text path must generalise over is identities (64 long clips reached 3 of 4 held-out
+    # portraits for mood, and not the brightest).
+    clips: int = 160
+    frames: int = 41  # frames of each clip encoded: 1.6 s, 11 latents
+    steps: int = 2000
+    batch: int = 8
+    lr: float = 1e-3
+    mouth_weight: float = 30.0  # the mouth and the cells the prompt changes: a smile is a few cells
+    before_fraction: float = 0.5  # prompted windows whose motion prefix shows the portrait's attributes
+    camera_fraction: float = 0.25  # clips with a camera move, so the branch keeps working
+
+
+@dataclass
+class PromptClip:
+    before: EncodedClip  # rendered with the portrait's attributes
+    after: EncodedClip  # the same track with the prompt's attributes; reference is the portrait's
+    target: PromptTarget
+
+
+def prompt_parameters(model: LiveHumanModel) -> list[nn.Parameter]:
+    """The text path: encoder, the DiT's text embedding, each block's text cross-attention."""
+    dit = model.dit
+    blocks = [p for block in dit.blocks for m in (block.norm3, block.cross_attn) for p in m.parameters()]
+    return [*model.text.parameters(), *dit.text_embedding.parameters(), *blocks]
+
+
+@torch.no_grad()
+def widen_text_encoder(model: LiveHumanModel, max_tokens: int = PROMPT_TOKENS) -> None:
+    """Room for longer prompts: more learned positions, the new ones drawn like the first. The
+    empty prompt's embedding keeps its values (it only attends to position 0); it gets longer, so
+    the text cross-attention sees more zero keys, which this stage trains through anyway."""
+    text = model.text
+    if text.max_tokens >= max_tokens:
+        return
+    old = text.pos_embedding.data
+    wider = torch.randn(1, max_tokens, old.shape[2]) * 0.02
+    wider[:, : old.shape[1]] = old
+    text.pos_embedding = nn.Parameter(wider)
+    text.max_tokens = max_tokens
+    cfg = model.config
+    model.config = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, max_tokens=max_tokens))
+
+
+def freeze_all_but_text(model: LiveHumanModel) -> list[nn.Parameter]:
+    model.requires_grad_(False)
+    params = prompt_parameters(model)
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+@torch.no_grad()
+def prompt_clip(model: LiveHumanModel, clip: data.Clip, target: PromptTarget, frames: int) -> PromptClip:
+    before = encode_clip(model, clip, frames)
+    changed = dataclasses.replace(clip, attributes=target.apply(clip.attributes))
+    after = encode_clip(model, changed, frames)
+    moved = ((after.latents - before.latents).abs().mean(dim=0) > CHANGE_THRESHOLD).float()  # (T, h, w)
+    after = dataclasses.replace(
+        after, reference=before.reference, mouth_mask=torch.maximum(after.mouth_mask, moved)
+    )
+    return PromptClip(before, after, target)
+
+
+def make_prompt_clips(
+    model: LiveHumanModel,
+    cfg: PromptTrainConfig,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[PromptClip]:
+    """``cfg.clips`` training clips (a seed of their own), each with a sampled prompt target."""
+    out = []
+    for i in range(cfg.clips):
+        clip = data.make_clip("train", i, seed + 2, camera_fraction=cfg.camera_fraction)
+        target = sample_target(np.random.default_rng([seed, 6, i]))
+        out.append(prompt_clip(model, clip, target, cfg.frames))
+        if progress:
+            progress(i + 1, cfg.clips)
+    return out
+
+
+def prompt_step_fn(
+    model: LiveHumanModel, clips: list[PromptClip], config: ModelConfig, cfg: PromptTrainConfig, seed: int
+) -> Callable[[int], dict[str, float]]:
+    sigmas = np.array(live_sigmas(config))
+    after = [c.after for c in clips]
+    C, O = config.dit.latent_channels, config.scheduler.overlap
+
+    def step(step_index: int) -> dict[str, float]:
+        rng, gen = step_rng(seed, "prompt", step_index)
+        items = sample_items(after, rng, cfg.batch, config.scheduler.window)
+        batch = window_batch(after, items, config, cfg.mouth_weight, 0.0, gen)
+        for row, (clip_index, k) in enumerate(items):
+            if clips[clip_index].target.levels and rng.random() < cfg.before_fraction:
+                prefix = clips[clip_index].before.latents[:, k : k + O]  # (C, O, h, w)
+                batch.x0[row, :, :O] = prefix
+                batch.cond[row, 1 : 1 + C, :O] = prefix
+        prompts = [clips[c].target.phrase(rng) for c, _ in items]
+        with torch.no_grad():
+            _, tokens = audio_tokens(model, batch, config)
+        sigma = torch.tensor(rng.choice(sigmas, size=cfg.batch), dtype=torch.float32)
+        loss = flow_matching_loss(model, batch, tokens, gen, sigma, model.text.encode(prompts))
+        loss.backward()
+        return {"loss": float(loss.detach())}
+
+    return step
