@@ -14,7 +14,7 @@ from engine.prompt import EASE_LATENTS, PromptPath, check_prompt
 from engine.training.attribute_estimates import validate_attribute_estimators
 from engine.training.avatar import Attributes
 from engine.training.prompt_stage import freeze_all_but_text, prompt_parameters, widen_text_encoder
-from engine.training.prompts import ATTRIBUTES, LEVELS, sample_target
+from engine.training.prompts import ATTRIBUTES, LEVELS, blend_attributes, sample_start, sample_target
 
 
 def _text(value: float) -> torch.Tensor:
@@ -93,6 +93,22 @@ def test_the_prompt_language_names_each_attribute_at_opposite_levels() -> None:
         unnamed = set(ATTRIBUTES) - {level.attribute for level in target.levels}
         assert all(getattr(wanted, a) == getattr(portrait, a) for a in unnamed | {"brow"})
         assert (target.phrase(rng) == "") == (not target.levels)
+
+
+def test_a_blend_runs_from_what_the_start_prompt_shows_to_what_the_target_asks() -> None:
+    rng = np.random.default_rng(1)
+    portrait = Attributes(smile=0.2, gaze_x=0.1, brow=0.3, mood=0.4)
+    for _ in range(50):
+        target = sample_target(rng, empty_fraction=0.0)
+        start = sample_start(rng, target)
+        assert {lv.attribute for lv in start.levels} <= {lv.attribute for lv in target.levels}
+        shown, asked = start.apply(portrait), target.apply(portrait)
+        ends = [blend_attributes(portrait, start, target, u).to_dict() for u in (0.0, 1.0)]
+        assert ends == [pytest.approx(shown.to_dict()), pytest.approx(asked.to_dict())]
+        half = blend_attributes(portrait, start, target, 0.5)
+        for level in target.levels:
+            a, b = getattr(shown, level.attribute), getattr(asked, level.attribute)
+            assert getattr(half, level.attribute) == pytest.approx(0.5 * (a + b))
 
 
 def test_widening_the_text_encoder_keeps_the_empty_prompt_and_only_the_text_path_trains() -> None:

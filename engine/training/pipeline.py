@@ -296,14 +296,14 @@ def _train_prompt(
     cache = out_dir / "stages" / "latents_prompt.pt"
     if cache.exists():
         clips = [
-            PromptClip(EncodedClip(**c["before"]), EncodedClip(**c["after"]), c["target"])
+            PromptClip(**(c | {k: EncodedClip(**c[k]) for k in ("before", "after", "between")}))
             for c in torch.load(cache, weights_only=False)
         ]
     else:
         model.eval()
         clips = make_prompt_clips(model, cfg, seed, lambda d, t: progress("prompt latents", d, t))
         cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save([dataclasses.asdict(c) | {"target": c.target} for c in clips], cache)
+        torch.save([dataclasses.asdict(c) | {"target": c.target, "start": c.start} for c in clips], cache)
     widen_text_encoder(model)
     opt = torch.optim.AdamW(freeze_all_but_text(model), lr=cfg.lr, weight_decay=0.0)
     return run_stage(

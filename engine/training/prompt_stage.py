@@ -31,7 +31,7 @@ from engine.models.livehuman import LiveHumanModel
 from engine.training import data
 from engine.training.camera_stage import live_sigmas
 from engine.training.dit_stage import flow_matching_loss
-from engine.training.prompts import PromptTarget, sample_target
+from engine.training.prompts import PromptTarget, blend_attributes, sample_start, sample_target
 from engine.training.stage import step_rng
 from engine.training.windows import EncodedClip, audio_tokens, encode_clip, sample_items, window_batch
 
@@ -46,13 +46,17 @@ class PromptTrainConfig:
     # Clips rendered twice (portrait's attributes, prompt's attributes): many short ones, since
     # what the text path must generalise over is identities (64 long clips reached 3 of 4 held-out
     # portraits for mood, and not the brightest).
-    clips: int = 160
+    clips: int = 120
     frames: int = 41  # frames of each clip encoded: 1.6 s, 11 latents
     steps: int = 2000
     batch: int = 8
     lr: float = 1e-3
     mouth_weight: float = 30.0  # the mouth and the cells the prompt changes: a smile is a few cells
     before_fraction: float = 0.5  # prompted windows whose motion prefix shows the portrait's attributes
+    # Prompted windows taught a live change's blend instead: the text context a fraction u of the
+    # way from a start prompt's to the prompt's (what engine.prompt.PromptPath feeds), the video
+    # rendered that fraction of the way between their attributes.
+    blend_fraction: float = 0.3
     camera_fraction: float = 0.25  # clips with a camera move, so the branch keeps working
 
 
@@ -61,6 +65,9 @@ class PromptClip:
     before: EncodedClip  # rendered with the portrait's attributes
     after: EncodedClip  # the same track with the prompt's attributes; reference is the portrait's
     target: PromptTarget
+    start: PromptTarget  # a prompt a live change could come from
+    u: float  # how far ``between`` is from ``start`` towards ``target``
+    between: EncodedClip  # the track rendered u of the way from start's attributes to target's
 
 
 def prompt_parameters(model: LiveHumanModel) -> list[nn.Parameter]:
@@ -96,7 +103,9 @@ def freeze_all_but_text(model: LiveHumanModel) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
-def prompt_clip(model: LiveHumanModel, clip: data.Clip, target: PromptTarget, frames: int) -> PromptClip:
+def prompt_clip(
+    model: LiveHumanModel, clip: data.Clip, target: PromptTarget, frames: int, rng: np.random.Generator
+) -> PromptClip:
     before = encode_clip(model, clip, frames)
     changed = dataclasses.replace(clip, attributes=target.apply(clip.attributes))
     after = encode_clip(model, changed, frames)
@@ -104,7 +113,12 @@ def prompt_clip(model: LiveHumanModel, clip: data.Clip, target: PromptTarget, fr
     after = dataclasses.replace(
         after, reference=before.reference, mouth_mask=torch.maximum(after.mouth_mask, moved)
     )
-    return PromptClip(before, after, target)
+    start, u, between = sample_start(rng, target), float(rng.uniform(0.15, 0.85)), after
+    if target.levels:
+        attributes = blend_attributes(clip.attributes, start, target, u)
+        between = encode_clip(model, dataclasses.replace(clip, attributes=attributes), frames)
+        between = dataclasses.replace(between, reference=before.reference, mouth_mask=after.mouth_mask)
+    return PromptClip(before, after, target, start, u, between)
 
 
 def make_prompt_clips(
@@ -117,8 +131,8 @@ def make_prompt_clips(
     out = []
     for i in range(cfg.clips):
         clip = data.make_clip("train", i, seed + 2, camera_fraction=cfg.camera_fraction)
-        target = sample_target(np.random.default_rng([seed, 6, i]))
-        out.append(prompt_clip(model, clip, target, cfg.frames))
+        rng = np.random.default_rng([seed, 6, i])
+        out.append(prompt_clip(model, clip, sample_target(rng), cfg.frames, rng))
         if progress:
             progress(i + 1, cfg.clips)
     return out
@@ -135,16 +149,29 @@ def prompt_step_fn(
         rng, gen = step_rng(seed, "prompt", step_index)
         items = sample_items(after, rng, cfg.batch, config.scheduler.window)
         batch = window_batch(after, items, config, cfg.mouth_weight, 0.0, gen)
+        W = config.scheduler.window
+        prompts = [clips[c].target.phrase(rng) for c, _ in items]
+        blends: list[tuple[int, str, float]] = []  # (row, start prompt, u)
         for row, (clip_index, k) in enumerate(items):
-            if clips[clip_index].target.levels and rng.random() < cfg.before_fraction:
-                prefix = clips[clip_index].before.latents[:, k : k + O]  # (C, O, h, w)
+            clip, draw = clips[clip_index], rng.random()
+            if not clip.target.levels:
+                continue
+            if draw < cfg.blend_fraction:
+                batch.x0[row] = clip.between.latents[:, k : k + W]
+                batch.cond[row, 1 : 1 + C, :O] = clip.between.latents[:, k : k + O]
+                blends.append((row, clip.start.phrase(rng), clip.u))
+            elif draw < cfg.blend_fraction + (1 - cfg.blend_fraction) * cfg.before_fraction:
+                prefix = clip.before.latents[:, k : k + O]  # (C, O, h, w)
                 batch.x0[row, :, :O] = prefix
                 batch.cond[row, 1 : 1 + C, :O] = prefix
-        prompts = [clips[c].target.phrase(rng) for c, _ in items]
+        encoded = model.text.encode(prompts + [start for _, start, _ in blends])
+        rows = list(encoded[: len(prompts)])
+        for (row, _, u), start in zip(blends, encoded[len(prompts) :], strict=True):
+            rows[row] = (1 - u) * start + u * rows[row]
         with torch.no_grad():
             _, tokens = audio_tokens(model, batch, config)
         sigma = torch.tensor(rng.choice(sigmas, size=cfg.batch), dtype=torch.float32)
-        loss = flow_matching_loss(model, batch, tokens, gen, sigma, model.text.encode(prompts))
+        loss = flow_matching_loss(model, batch, tokens, gen, sigma, torch.stack(rows))
         loss.backward()
         return {"loss": float(loss.detach())}
 

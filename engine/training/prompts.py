@@ -86,3 +86,22 @@ def sample_target(rng: np.random.Generator, empty_fraction: float = 0.2) -> Prom
         levels.append(options[int(rng.integers(len(options)))])
     values = tuple(float(rng.uniform(level.low, level.high)) for level in levels)
     return PromptTarget(tuple(levels), values)
+
+
+def sample_start(rng: np.random.Generator, target: PromptTarget) -> PromptTarget:
+    """Where a live change to ``target`` may come from: no prompt (half the time), or other levels
+    of the same attributes."""
+    if not target.levels or rng.random() < 0.5:
+        return PromptTarget((), ())
+    levels = []
+    for level in target.levels:
+        options = levels_of(level.attribute)
+        levels.append(options[int(rng.integers(len(options)))])
+    return PromptTarget(tuple(levels), tuple(float(rng.uniform(lv.low, lv.high)) for lv in levels))
+
+
+def blend_attributes(portrait: Attributes, start: PromptTarget, target: PromptTarget, u: float) -> Attributes:
+    """The attributes a fraction ``u`` of the way from what ``start`` shows to what ``target`` asks."""
+    a, b = start.apply(portrait), target.apply(portrait)
+    names = {level.attribute for level in target.levels}
+    return dataclasses.replace(a, **{n: getattr(a, n) + u * (getattr(b, n) - getattr(a, n)) for n in names})
