@@ -28,7 +28,7 @@ def check_prompt(config: ModelConfig, prompt: str) -> None:
     if not config.capabilities.prompt:
         raise ConfigError(
             f"prompt: model '{config.name}' has no prompt control (capabilities.prompt is false); "
-            "use a model trained with it, such as the default"
+            "use one trained with it, such as --preset default-prompt"
         )
     size = len(prompt.encode("utf-8"))
     if size > config.text.max_tokens:

@@ -22,6 +22,11 @@ WEIGHTS_NAME = "model.safetensors"
 # The name every command defaults to: the trained model shipped in the package.
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default_model"
+# The default model plus prompt control. Shipped beside it, not instead of it: the prompt fine-tune
+# moves the unprompted output too (lip-sync and identity measured slightly worse), so the default
+# stays the model for plain speech and this one is the opt-in for prompts.
+PROMPT_MODEL = "default-prompt"
+SHIPPED_MODELS = {DEFAULT_MODEL: DEFAULT_MODEL_DIR, PROMPT_MODEL: DEFAULT_MODEL_DIR.parent / "prompt_model"}
 
 
 class WeightsError(ValueError):
@@ -61,20 +66,21 @@ def load_model(directory: str | Path) -> LiveHumanModel:
 
 
 def resolve_model_dir(name: str) -> Path:
-    """The directory of a trained model: ``default`` (the shipped one) or a directory holding
-    weights; anything else is one WeightsError line."""
-    path = DEFAULT_MODEL_DIR if name == DEFAULT_MODEL else Path(name)
+    """The directory of a trained model: a shipped one (``default``, ``default-prompt``) or a
+    directory holding weights; anything else is one WeightsError line."""
+    path = SHIPPED_MODELS.get(name, Path(name))
     if not (path / WEIGHTS_NAME).is_file():
         raise WeightsError(
-            f"model '{name}': no {WEIGHTS_NAME} there (give 'default' or a trained model directory)"
+            f"model '{name}': no {WEIGHTS_NAME} there (give 'default', 'default-prompt' or a trained "
+            "model directory)"
         )
     return path
 
 
 def resolve_model(preset: str) -> LiveHumanModel:
-    """``preset`` is ``default`` (the shipped trained model), a directory with weights, or a
-    preset name (deterministic random weights)."""
-    path = DEFAULT_MODEL_DIR if preset == DEFAULT_MODEL else Path(preset)
+    """``preset`` is a shipped trained model (``default``, ``default-prompt``), a directory with
+    weights, or a preset name (deterministic random weights)."""
+    path = SHIPPED_MODELS.get(preset, Path(preset))
     if path.is_dir():
         return load_model(path)
     config = get_preset(preset)

@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument(
         "--preset",
         default="default",
-        help="default (the shipped trained model), a preset name (random weights) or a model directory",
+        help="default (the shipped trained model), default-prompt (the same with prompt control), a preset "
+        "name (random weights) or a model directory",
     )
     render.add_argument("--steps", type=int, choices=(1, 2, 3, 4), help="sampling steps (default: config)")
     render.add_argument("--seed", type=int, default=0)

@@ -59,7 +59,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset",
         default="default",
-        help="default (the shipped trained model), a preset name (random weights) or a model directory",
+        help="default (the shipped trained model), default-prompt (the same with prompt control), a preset "
+        "name (random weights) or a model directory",
     )
     parser.add_argument(
         "--backend",

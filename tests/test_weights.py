@@ -10,7 +10,15 @@ from safetensors.torch import load_file, save_file
 
 from engine.config import get_preset
 from engine.models.livehuman import LiveHumanModel
-from engine.weights import WEIGHTS_NAME, WeightsError, load_model, save_model
+from engine.weights import (
+    DEFAULT_MODEL_DIR,
+    SHIPPED_MODELS,
+    WEIGHTS_NAME,
+    WeightsError,
+    load_model,
+    resolve_model_dir,
+    save_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +55,11 @@ def test_truncated_weights_name_the_file(saved, tmp_path) -> None:  # noqa: ANN0
     (tmp_path / WEIGHTS_NAME).write_bytes((directory / WEIGHTS_NAME).read_bytes()[:1000])
     with pytest.raises(WeightsError, match=WEIGHTS_NAME):
         load_model(tmp_path)
+
+
+def test_both_shipped_models_resolve_by_name_and_anything_else_is_one_line() -> None:
+    assert resolve_model_dir("default") == DEFAULT_MODEL_DIR
+    assert resolve_model_dir("default-prompt") == SHIPPED_MODELS["default-prompt"]
+    assert load_model(resolve_model_dir("default-prompt")).config.capabilities.prompt
+    with pytest.raises(WeightsError, match="^model 'nowhere': no model.safetensors there .*default-prompt"):
+        resolve_model_dir("nowhere")
