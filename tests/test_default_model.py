@@ -27,7 +27,7 @@ def report() -> dict:
     threads = torch.get_num_threads()
     try:
         backend = load_backend("torch", DEFAULT_MODEL)
-        clips = heldout_clips(CLIPS, seed=1, max_frames=200)
+        clips = heldout_clips(CLIPS, seed=1, max_frames=150)
         # The prompt's effects are tests/test_prompt_model.py's, on clips of their own.
         validation = {"clips": 2, "frames": 100}
         return evaluate(backend, clips, steps_list=(4,), validation=validation, prompt_clips=0)
