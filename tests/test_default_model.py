@@ -19,7 +19,7 @@ from engine.training.evaluate import evaluate, heldout_clips
 from engine.weights import DEFAULT_MODEL, DEFAULT_MODEL_DIR, load_model
 from livehuman.backends import load_backend
 
-CLIPS = 3
+CLIPS = 2
 
 
 @pytest.fixture(scope="module")
