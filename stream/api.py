@@ -305,12 +305,16 @@ def _check_prompt(config: ModelConfig, prompt: str) -> None:
         raise ApiError(422, str(exc)) from exc
 
 
+# Where a refused option is available instead, said in the refusal.
+_ALTERNATIVES: Final = {"prompt": " (the shipped model with prompt control is --preset default-prompt)"}
+
+
 def _require_supported(capabilities: Capabilities, asked: dict[str, bool], wired: frozenset[str]) -> None:
     for name, requested in asked.items():
         if not requested:
             continue
         if not getattr(capabilities, name):
-            raise ApiError(422, f"{name}: not supported by this model")
+            raise ApiError(422, f"{name}: not supported by this model{_ALTERNATIVES.get(name, '')}")
         if name not in wired:
             raise ApiError(422, f"{name}: supported by the model but not by this server yet")
 
