@@ -3,8 +3,9 @@
 A prompt reaches the DiT as a text context (1, L, Dt) from the text encoder. Swapping it between
 two windows would change the picture within one latent (4 frames); instead a change blends the
 context from the one on screen to the new one over ``EASE_LATENTS`` (about a second), with the
-same smoothstep as a camera move. Embeddings interpolate well here because the prompt stage
-trains graded levels ("a slight smile" between "serious" and "smiling").
+same smoothstep as a camera move. A blended context only gives a blended picture because the
+prompt stage trains it to: part of its clips are drawn part of the way between two prompts and
+paired with the matching blend of their contexts.
 """
 
 from __future__ import annotations
@@ -51,15 +52,9 @@ class PromptPath:
     def __init__(self, text: torch.Tensor) -> None:
         self._changes = [_Change(-(10**9), text, text)]
 
-    @property
-    def text(self) -> torch.Tensor:
-        """The latest prompt's context (where every change ends)."""
-        return self._changes[-1].end
-
     def change(self, text: torch.Tensor, from_latent: int) -> None:
         """Ease to ``text`` from stream latent ``from_latent`` on; later changes are replaced."""
-        kept = [c for c in self._changes if c.from_latent < from_latent] or self._changes[:1]
-        self._changes = kept
+        self._changes = [c for c in self._changes if c.from_latent < from_latent] or self._changes[:1]
         self._changes.append(_Change(from_latent, self.at(from_latent), text))
         del self._changes[: -self.KEEP]
 

@@ -465,7 +465,7 @@ def test_a_camera_and_prompt_model_takes_both_at_create_and_live_and_refuses_bad
         moved = float(generator.camera.poses([10_000])[0][1])
         prompted = await (await harness.client.patch(url, json={"prompt": "smiling"})).json()
         too_long = await _error(await harness.client.patch(url, json={"prompt": "x" * 100}), 422)
-        text = generator.prompt.text
+        text = generator.prompt.at(10**6)  # long after the change has eased in
         await harness.client.delete(url)
         assert moved > 0.1, "the live change reached the scheduler: the scene ends moved right"
         return bad, bad_live, created, changed, prompted, too_long, text
