@@ -67,14 +67,16 @@ class DiTStepGraph(nn.Module):
         return self.dit(x, timestep, cond, audio, text, camera, attributes).float()  # (1, C, W, h, w)
 
 
-class VAEEncoderGraph(nn.Module):
+class VAEEncoderStepGraph(nn.Module):
+    """``encode_step`` with its cache flattened into graph inputs and outputs, in call order."""
+
     def __init__(self, vae: CausalVAE) -> None:
         super().__init__()
         self.vae = vae
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        mean, _ = self.vae.encode(frames)
-        return mean  # (1, C, T, h, w)
+    def forward(self, frames: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        latent, new_cache = self.vae.encode_step(frames, cache)
+        return (latent, *new_cache)  # (1, C, 1, h, w), then each cache entry
 
 
 class VAEDecoderStepGraph(nn.Module):
@@ -115,6 +117,7 @@ def build_graphs(model: LiveHumanModel, precision: str) -> dict[str, Graph]:
     # int8 is quantised from the float32 graph, after export.
     dit = DiTStepGraph(copy.deepcopy(model.dit).eval(), TORCH_DTYPES.get(precision, torch.float32))
     cache = model.vae.decoder_cache(1, h, w)
+    encoder_cache = model.vae.encoder_cache(1, c.height, c.width)
     return {
         "text_encoder": Graph(
             TextEncoderGraph(model.text),
@@ -143,11 +146,11 @@ def build_graphs(model: LiveHumanModel, precision: str) -> dict[str, Graph]:
             ["x", "timestep", "cond", "audio", "text", "camera", "attributes"],
             ["velocity"],
         ),
-        "vae_encoder": Graph(
-            VAEEncoderGraph(model.vae),
-            (randn(1, 3, 1, c.height, c.width).clamp(-1, 1),),
-            ["frames"],
-            ["latent_mean"],
+        "vae_encoder_step": Graph(
+            VAEEncoderStepGraph(model.vae),
+            (randn(1, 3, 4, c.height, c.width).clamp(-1, 1), *encoder_cache),
+            ["frames", *(f"cache_{i}" for i in range(len(encoder_cache)))],
+            ["latent_mean", *(f"next_cache_{i}" for i in range(len(encoder_cache)))],
         ),
         "vae_decoder_step": Graph(
             VAEDecoderStepGraph(model.vae),

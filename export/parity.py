@@ -50,6 +50,16 @@ def _decode_stream(backend: Backend, latents: torch.Tensor) -> torch.Tensor:
     return torch.cat([*frames, *(c.flatten() for c in cache)])
 
 
+def _encode_stream(backend: Backend, frames: torch.Tensor) -> torch.Tensor:
+    """Latents and final cache of a clip encoded four frames at a time from the zero cache."""
+    cache = backend.vae_encoder_cache(1)
+    latents = []
+    for t in range(0, frames.shape[2], 4):
+        latent, cache = backend.vae_encoder_step(frames[:, :, t : t + 4], cache)
+        latents.append(latent.flatten())
+    return torch.cat([*latents, *(c.flatten() for c in cache)])
+
+
 def measure(
     reference: Backend, candidate: Backend, graphs: dict[str, Graph]
 ) -> dict[str, tuple[float, float]]:
@@ -59,6 +69,15 @@ def measure(
         *latent.shape[:2], DECODER_STEPS, *latent.shape[3:], generator=torch.Generator().manual_seed(1)
     )
 
+    group = graphs["vae_encoder_step"].inputs[0]  # (1, 3, 4, H, W)
+    frames = (
+        torch.rand(
+            *group.shape[:2], 4 * DECODER_STEPS, *group.shape[3:], generator=torch.Generator().manual_seed(2)
+        )
+        .mul(2)
+        .sub(1)
+    )
+
     def method(name: str) -> Callable[..., torch.Tensor]:
         return lambda backend: getattr(backend, name)(*graphs[name].inputs)
 
@@ -66,7 +85,7 @@ def measure(
         "text_encoder": lambda b: torch.cat([b.encode_text(p) for p in PROMPTS]),
         "audio_encoder": method("audio_encoder"),
         "dit_step": method("dit_step"),
-        "vae_encoder": method("vae_encoder"),
+        "vae_encoder_step": lambda b: _encode_stream(b, frames),
         "vae_decoder_step": lambda b: _decode_stream(b, latents),
     }
     errors = {}

@@ -80,9 +80,14 @@ class FakeBackend(Backend):
             x0[0, :4] = own.T[:, :, None, None]
         return (x - x0) / sigma
 
-    def vae_encoder(self, frames: torch.Tensor) -> torch.Tensor:
+    def vae_encoder_step(
+        self, frames: torch.Tensor, cache: DecoderCache
+    ) -> tuple[torch.Tensor, DecoderCache]:
         c = self.config
-        return torch.zeros(1, c.vae.latent_channels, 1, c.latent_height, c.latent_width)
+        return torch.zeros(1, c.vae.latent_channels, 1, c.latent_height, c.latent_width), cache
+
+    def vae_encoder_cache(self, batch: int = 1) -> DecoderCache:
+        return (torch.zeros(batch),)
 
     def vae_decoder_step(
         self, latent: torch.Tensor, cache: DecoderCache

@@ -173,16 +173,16 @@ def test_an_export_runs_with_the_callers_scheduler_but_refuses_another_audio_spa
 
 
 def test_missing_component_is_one_line_naming_it(broken: Path) -> None:
-    (broken / "vae_encoder.onnx").unlink()
+    (broken / "vae_encoder_step.onnx").unlink()
     with pytest.raises(BackendUnavailable) as exc:
         OnnxBackend(broken)
-    _one_line_naming(exc, str(broken / "vae_encoder.onnx"))
+    _one_line_naming(exc, str(broken / "vae_encoder_step.onnx"))
     manifest = json.loads((broken / MANIFEST_NAME).read_text())
-    del manifest["components"]["vae_encoder"]
+    del manifest["components"]["vae_encoder_step"]
     (broken / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(BackendUnavailable) as exc:
         OnnxBackend(broken)
-    _one_line_naming(exc, "'vae_encoder'")
+    _one_line_naming(exc, "'vae_encoder_step'")
 
 
 def test_render_cli_takes_an_export_and_reports_a_broken_one(

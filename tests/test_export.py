@@ -26,7 +26,7 @@ from export.parity import TOLERANCES, check_parity
 from export.provenance import provenance, weights_sha256
 from livehuman.cli import main
 
-COMPONENTS = ("text_encoder", "audio_encoder", "dit_step", "vae_encoder", "vae_decoder_step")
+COMPONENTS = ("text_encoder", "audio_encoder", "dit_step", "vae_encoder_step", "vae_decoder_step")
 
 
 class Rebuilt(Exception):

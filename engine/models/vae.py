@@ -252,15 +252,25 @@ class VAEEncoder(nn.Module):
         self.conv_out = CausalConv3d(ch, 2 * cfg.latent_channels, kernels[-1])
         self.cfg = cfg
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def cache_shapes(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
+        """(frames, H, W, C) of every cache entry, in the order forward() reads them."""
+        shapes = []
+        for block in [self.conv_in, *self.blocks, self.conv_out]:
+            convs = [m for m in block.modules() if isinstance(m, CausalConv3d)]  # registration = call order
+            if isinstance(block, VAEDownsample):
+                height, width = height // 2, width // 2
+            shapes += [(k, height, width, c) for conv in convs for k, c in conv.cached_inputs()]
+        return shapes
+
+    def forward(self, x: torch.Tensor, cache: _CacheCursor | None = None) -> torch.Tensor:
         shortcut = colour_to_latent(x, self.cfg)  # (B, T, C_lat, h, w)
         # 1. Pixels to features.
-        x = self.conv_in(x)  # (B, 4T, C0, H, W)
+        x = self.conv_in(x, cache)  # (B, 4T, C0, H, W)
         # 2. Res blocks per level; space halves at each level change, time at the lowest ones.
         for block in self.blocks:
-            x = block(x)  # (B, T', C, H', W')
+            x = block(x, cache)  # (B, T', C, H', W')
         # 3. Mean and log-variance, stacked on channels; the mean rides on the colour shortcut.
-        moments = self.conv_out(F.silu(self.norm_out(x)))  # (B, T, 2*C_lat, h, w)
+        moments = self.conv_out(F.silu(self.norm_out(x)), cache)  # (B, T, 2*C_lat, h, w)
         C = self.cfg.latent_channels
         return torch.cat([moments[:, :, :C] + shortcut, moments[:, :, C:]], dim=2)
 
@@ -346,6 +356,31 @@ class CausalVAE(nn.Module):
         mean, logvar = moments.chunk(2, dim=1)  # (B, C, T, h, w) each
         return mean, logvar
 
+    def encode_step(
+        self, frames: torch.Tensor, cache: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Frames (B, 3, 4, H, W) + cache -> (mean (B, C, 1, h, w), next cache): a stream encoded a
+        latent at a time, as ``decode_step`` decodes one. The first group of a stream is frame 0
+        repeated 4 times (what ``encode`` prepends), so stepping through a clip from the zero cache
+        gives ``encode``'s latents, and a stream can start anywhere, e.g. inside a looped video."""
+        expected = len(self.encoder.cache_shapes(1, 1))
+        if len(cache) != expected:
+            raise ValueError(f"vae.encode_step: cache has {len(cache)} tensors, expected {expected}")
+        cursor = _CacheCursor(cache)
+        moments = self.encoder(frames.transpose(1, 2), cursor).transpose(1, 2)  # (B, 2*C, T, h, w)
+        return moments.chunk(2, dim=1)[0], tuple(cursor.new)
+
+    def encoder_cache(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """The all-zero cache an encoded stream starts from (entries as in ``decoder_cache``)."""
+        return self._zeros(self.encoder.cache_shapes(height, width), batch, device, dtype)
+
     def decoder_cache(
         self,
         batch: int,
@@ -359,10 +394,18 @@ class CausalVAE(nn.Module):
         Entry i is (B, k-1, H, W, C): the last k-1 input frames of the i-th causal conv in call
         order, channels-last like the activations.
         """
+        return self._zeros(self.decoder.cache_shapes(latent_height, latent_width), batch, device, dtype)
+
+    def _zeros(
+        self,
+        shapes: list[tuple[int, int, int, int]],
+        batch: int,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> tuple[torch.Tensor, ...]:
         param = next(self.parameters())
         device = param.device if device is None else device
         dtype = param.dtype if dtype is None else dtype
-        shapes = self.decoder.cache_shapes(latent_height, latent_width)
         return tuple(torch.zeros(batch, *shape, device=device, dtype=dtype) for shape in shapes)
 
     def decode_step(

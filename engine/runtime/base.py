@@ -10,7 +10,10 @@ Shapes (B batch, C latent channels, T latent frames, h/w latent size, H/W pixels
   video frame of the span.
 - ``dit_step(x (B,C,T,h,w), timestep (B,) in [0,1000], cond (B,2C+1,T,h,w),
   audio (B,T,N,Da), text (B,L,Dt), camera (B,C,T,h,w), attributes (B,A)) -> velocity (B,C,T,h,w)``
-- ``vae_encoder(frames (B,3,F,H,W) in [-1,1]) -> latents (B,C,T,h,w)`` with F = 1 + 4(T-1).
+- ``vae_encoder_step(frames (B,3,4,H,W) in [-1,1], cache) -> (latent (B,C,1,h,w), cache)``.
+  ``vae_encoder_cache(B)`` gives the zero cache; ``vae_encoder`` (whole clips, F = 1 + 4(T-1),
+  frame 0 encoded as a still) is built on the step, so every backend encodes a portrait and a
+  re-dub source video, of any length, with the same four-frame graph.
 - ``vae_decoder_step(latent (B,C,1,h,w), cache) -> (frames (B,3,4,H,W) in [-1,1], cache)``.
   ``vae_decoder_cache(B)`` gives the zero cache a stream starts from.
 """
@@ -52,7 +55,24 @@ class Backend(ABC):
     ) -> torch.Tensor: ...
 
     @abstractmethod
-    def vae_encoder(self, frames: torch.Tensor) -> torch.Tensor: ...
+    def vae_encoder_step(
+        self, frames: torch.Tensor, cache: DecoderCache
+    ) -> tuple[torch.Tensor, DecoderCache]: ...
+
+    @abstractmethod
+    def vae_encoder_cache(self, batch: int = 1) -> DecoderCache: ...
+
+    def vae_encoder(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 1 + 4(T-1), H, W) -> (B, C, T, h, w): frame 0 as a still, then groups of four."""
+        if (frames.shape[2] - 1) % 4:
+            raise ValueError(f"vae_encoder: need 1 + 4k frames, got {frames.shape[2]}")
+        cache = self.vae_encoder_cache(frames.shape[0])
+        latents = []
+        for t in range(0, frames.shape[2], 4):
+            group = frames[:, :, :1].expand(-1, -1, 4, -1, -1) if t == 0 else frames[:, :, t - 3 : t + 1]
+            latent, cache = self.vae_encoder_step(group.contiguous(), cache)
+            latents.append(latent)
+        return torch.cat(latents, dim=2)
 
     @abstractmethod
     def vae_decoder_step(

@@ -42,8 +42,14 @@ class GraphBackend(Backend):
     def dit_step(self, x, timestep, cond, audio, text, camera, attributes) -> torch.Tensor:  # noqa: ANN001
         return self.run("dit_step", x, timestep, cond, audio, text, camera, attributes)[0]
 
-    def vae_encoder(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.run("vae_encoder", frames)[0]
+    def vae_encoder_step(
+        self, frames: torch.Tensor, cache: DecoderCache
+    ) -> tuple[torch.Tensor, DecoderCache]:
+        latent, *new_cache = self.run("vae_encoder_step", frames, *cache)
+        return latent, tuple(new_cache)
+
+    def vae_encoder_cache(self, batch: int = 1) -> DecoderCache:
+        return self._zero_cache("vae_encoder_step", batch)
 
     def vae_decoder_step(
         self, latent: torch.Tensor, cache: DecoderCache
@@ -52,10 +58,13 @@ class GraphBackend(Backend):
         return frames, tuple(new_cache)
 
     def vae_decoder_cache(self, batch: int = 1) -> DecoderCache:
-        specs = self.manifest.components["vae_decoder_step"].inputs[1:]
+        return self._zero_cache("vae_decoder_step", batch)
+
+    def _zero_cache(self, component: str, batch: int) -> DecoderCache:
+        specs = self.manifest.components[component].inputs[1:]
         if batch != specs[0].shape[0]:
             raise ValueError(
-                f"{self.name}: the decoder was exported for batch {specs[0].shape[0]}, not {batch}"
+                f"{self.name}: {component} was exported for batch {specs[0].shape[0]}, not {batch}"
             )
         return tuple(torch.zeros(spec.shape) for spec in specs)
 

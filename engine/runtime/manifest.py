@@ -25,7 +25,7 @@ MANIFEST_NAME = "manifest.json"
 PARITY_NAME = "parity.json"
 MANIFEST_VERSION = 1
 # Every component a runtime needs, in the order export builds them.
-COMPONENTS = ("text_encoder", "audio_encoder", "dit_step", "vae_encoder", "vae_decoder_step")
+COMPONENTS = ("text_encoder", "audio_encoder", "dit_step", "vae_encoder_step", "vae_decoder_step")
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,20 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     def vae_encoder(self, frames: torch.Tensor) -> torch.Tensor:
+        # A whole clip in one call: the same latents as stepping (the encoder is causal), faster.
         mean, _ = self.model.vae.encode(self._in(frames))
         return mean.float().cpu()
+
+    @torch.inference_mode()
+    def vae_encoder_step(
+        self, frames: torch.Tensor, cache: DecoderCache
+    ) -> tuple[torch.Tensor, DecoderCache]:
+        latent, cache = self.model.vae.encode_step(self._in(frames), cache)
+        return latent.float().cpu(), cache
+
+    def vae_encoder_cache(self, batch: int = 1) -> DecoderCache:
+        c = self.config
+        return self.model.vae.encoder_cache(batch, c.height, c.width, device=self.device)
 
     @torch.inference_mode()
     def vae_decoder_step(
