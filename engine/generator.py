@@ -23,6 +23,7 @@ from engine.config import FPS, FRAMES_PER_LATENT, SAMPLES_PER_FRAME, SAMPLES_PER
 from engine.models.audio import latent_audio_tokens
 from engine.models.camera import CameraPath, camera_latents
 from engine.prompt import PromptPath
+from engine.redub import SourceVideo
 from engine.runtime.base import Backend, DecoderCache
 from engine.sampler import FlowSampler
 
@@ -38,6 +39,7 @@ class Conditioning:
     attributes: torch.Tensor  # (1, A)
     # Lab mean/std of the portrait, for colour matching.
     reference_lab: tuple[torch.Tensor, torch.Tensor] | None = None
+    source: SourceVideo | None = None  # a video being re-dubbed, in place of a still portrait
 
     @classmethod
     def from_portrait(cls, backend: Backend, portrait: np.ndarray, prompt: str = "") -> Conditioning:
@@ -50,6 +52,19 @@ class Conditioning:
             text=backend.encode_text(prompt),
             attributes=torch.zeros(1, backend.config.dit.num_attributes),
             reference_lab=lab_stats(rgb),
+        )
+
+    @classmethod
+    def from_video(cls, backend: Backend, frames: np.ndarray, prompt: str = "") -> Conditioning:
+        """Encode a session's source video (uint8 (F, H, W, 3) at the model's size, 25 fps) and
+        prompt once; its first frame is the reference, as a portrait would be."""
+        source = SourceVideo.prepare(backend, frames)
+        return cls(
+            reference=source.reference,
+            text=backend.encode_text(prompt),
+            attributes=torch.zeros(1, backend.config.dit.num_attributes),
+            reference_lab=lab_stats(torch.from_numpy(source.frames[0]).float() / 255.0),
+            source=source,
         )
 
 
@@ -123,10 +138,14 @@ class WindowGenerator:
         self._no_camera = torch.zeros_like(self._reference_window)
 
     def camera_window(self, start: int) -> torch.Tensor:
-        """(1, C, W, h, w) camera latents of the window at ``start``: zeros while static."""
-        if self.camera.is_static:
+        """(1, C, W, h, w) what the camera branch reads for the window at ``start``: the re-dub
+        source's latents at the matching time, or the portrait, moved by the camera, less the
+        reference; zeros for a still portrait and a static camera."""
+        source = self.cond.source
+        if self.camera.is_static and source is None:
             return self._no_camera
-        return camera_latents(self.cond.reference, self.camera.latent_poses(start, self.window))
+        video = None if source is None else source.window_latents(start, self.window)
+        return camera_latents(self.cond.reference, self.camera.latent_poses(start, self.window), video)
 
     # --- the audio a window needs --------------------------------------------------------------
     def audio_span(self, start: int) -> tuple[int, int]:
@@ -228,8 +247,8 @@ class WindowGenerator:
             boundaries.append(GeneratorState(start=n + 1, tail=tail, vae_cache=cache, previous=latent))
         lap("decode")
 
-        # 6. Optional colour matching to the reference, against slow drift.
-        pixels = self._to_pixels(frames)
+        # 6. Optional colour matching to the reference (against slow drift), re-dub compositing.
+        pixels = self._to_pixels(frames, FRAMES_PER_LATENT * max(start, 0))
         lap("color")
         return WindowOutput(
             start=start,
@@ -255,16 +274,20 @@ class WindowGenerator:
             start=state.start,
             steps=0,
             first_frame=FRAMES_PER_LATENT * max(state.start, 0),
-            frames=self._to_pixels(frames),
+            frames=self._to_pixels(frames, FRAMES_PER_LATENT * max(state.start, 0)),
             final_latents=torch.cat(finals, dim=2) if finals else state.tail[:, :, :0],
             timings_ms={"decode": (time.perf_counter() - t0) * 1000.0},
         )
 
-    def _to_pixels(self, frames: list[torch.Tensor]) -> np.ndarray:
-        """Decoder output chunks (4, H, W, 3) in [-1, 1] -> uint8, colour-matched if configured."""
+    def _to_pixels(self, frames: list[torch.Tensor], first_frame: int) -> np.ndarray:
+        """Decoder output chunks (4, H, W, 3) in [-1, 1] from stream frame ``first_frame`` on ->
+        uint8, colour-matched if configured, composited onto a re-dub source."""
         if not frames:
             return np.zeros((0, self.config.height, self.config.width, 3), np.uint8)
         rgb = ((torch.cat(frames) + 1.0) / 2.0).clamp(0, 1)
         if self.config.scheduler.color_match and self.cond.reference_lab is not None:
             rgb = color_match(rgb, self.cond.reference_lab)
-        return to_uint8(rgb)
+        pixels = to_uint8(rgb)
+        if self.cond.source is not None:
+            pixels = self.cond.source.composite(pixels, first_frame)
+        return pixels

@@ -19,10 +19,11 @@ from tqdm import tqdm
 
 from engine.config import FPS, MODEL_SAMPLE_RATE, ModelConfig
 from engine.generator import Conditioning
-from engine.media import Mp4Writer, read_audio, read_image
+from engine.media import Mp4Writer, read_audio, read_image, read_video
 from engine.metrics import SeamMeter
 from engine.models.camera import CameraMove, check_camera
 from engine.prompt import check_prompt
+from engine.redub import MAX_SECONDS, check_source_length, check_video
 from engine.runtime.base import Backend
 from engine.scheduler import OutputFrame, Scheduler
 
@@ -51,12 +52,21 @@ def render(
     seed: int = 0,
     prompt: str = "",
     camera: CameraMove | None = None,
+    video: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Render ``audio`` spoken by ``image`` to ``out`` (H.264 + AAC); returns the report."""
+    """Render ``audio`` spoken by ``image`` to ``out`` (H.264 + AAC); returns the report. With
+    ``video``, that video is re-dubbed instead (looped as long as the audio lasts; ``image`` unused)."""
     config = config or backend.config
     decoded = read_audio(audio)
-    portrait = read_image(image, config.height, config.width)
+    if video is not None:
+        check_video(config)
+        source = read_video(video, config.height, config.width, max_seconds=MAX_SECONDS)
+        check_source_length(len(source))  # before the output file is opened
+        portrait = source[0]
+    else:
+        source = None
+        portrait = read_image(image, config.height, config.width)
     total = round(decoded.duration_s * FPS)
     with (
         Mp4Writer(out, config.width, config.height) as writer,
@@ -71,6 +81,7 @@ def render(
             seed=seed,
             prompt=prompt,
             camera=camera,
+            video=source,
             sink=lambda frame: writer.write(frame.rgb, frame.audio),
             progress=lambda done, _total: bar.update(done - bar.n),
         )
@@ -86,9 +97,11 @@ def render_frames(
     seed: int = 0,
     prompt: str = "",
     camera: CameraMove | None = None,
+    video: np.ndarray | None = None,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """``audio`` (mono float32) spoken by ``portrait`` ((H, W, 3) uint8 at the config's size).
+    """``audio`` (mono float32) spoken by ``portrait`` ((H, W, 3) uint8 at the config's size), or
+    re-dubbed onto ``video`` ((F, H, W, 3) uint8 at 25 fps, looped; ``portrait`` is then its frame 0).
 
     Returns ``(frames, report)``: frames (round(seconds * 25), H, W, 3) uint8 as ``render`` would
     encode them, and the same report.
@@ -107,6 +120,7 @@ def render_frames(
         seed=seed,
         prompt=prompt,
         camera=camera,
+        video=video,
         sink=lambda frame: frames.append(frame.rgb),
         progress=progress,
     )
@@ -125,6 +139,7 @@ def render_each(
     seed: int = 0,
     prompt: str = "",
     camera: CameraMove | None = None,
+    video: np.ndarray | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Push all audio, then generate and hand every released frame to ``sink`` in order; returns
@@ -133,7 +148,11 @@ def render_each(
     wall_start = time.perf_counter()
     check_camera(config, camera)
     check_prompt(config, prompt)
-    conditioning = Conditioning.from_portrait(backend, portrait, prompt)
+    if video is None:
+        conditioning = Conditioning.from_portrait(backend, portrait, prompt)
+    else:
+        check_video(config)
+        conditioning = Conditioning.from_video(backend, video, prompt)
     scheduler = Scheduler(backend, conditioning, config, seed=seed, portrait=portrait)
     if camera is not None:
         scheduler.set_camera(camera)

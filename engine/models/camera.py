@@ -204,13 +204,17 @@ def warp(images: torch.Tensor, poses: np.ndarray) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def camera_latents(reference: torch.Tensor, poses: np.ndarray) -> torch.Tensor:
-    """What the camera branch reads: the reference latent (1, C, 1, h, w) moved along ``poses``
-    (T, 3), less the reference itself, as (1, C, T, h, w). The identity pose gives exactly zero,
-    the input a model without a camera gets, so ``static`` (and any move at 0%) is the base model."""
+def camera_latents(
+    reference: torch.Tensor, poses: np.ndarray, video: torch.Tensor | None = None
+) -> torch.Tensor:
+    """What the camera branch reads: the reference latent (1, C, 1, h, w), or each latent of a
+    re-dub source ``video`` (1, C, T, h, w), moved along ``poses`` (T, 3), less the reference, as
+    (1, C, T, h, w). Without a video the identity pose gives exactly zero, the input a model without
+    a camera gets, so ``static`` (and any move at 0%) is the base model."""
     still = reference[0, :, 0]  # (C, h, w)
     poses = np.asarray(poses, np.float64)
-    moved = warp(still[None].expand(len(poses), -1, -1, -1).contiguous(), poses)  # (T, C, h, w)
-    delta = moved - still[None]
-    delta[np.all(poses == np.asarray(IDENTITY), axis=1)] = 0.0  # exact, not resampling round-off
-    return delta.permute(1, 0, 2, 3)[None]
+    frames = still[None].expand(len(poses), -1, -1, -1) if video is None else video[0].transpose(0, 1)
+    moved = warp(frames.contiguous(), poses)  # (T, C, h, w)
+    still_pose = np.all(poses == np.asarray(IDENTITY), axis=1)
+    moved[still_pose] = frames[still_pose]  # exact, not resampling round-off
+    return (moved - still[None]).permute(1, 0, 2, 3)[None]
