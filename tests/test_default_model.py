@@ -30,7 +30,7 @@ def report() -> dict:
         clips = heldout_clips(CLIPS, seed=1, max_frames=150)
         # The prompt's effects are tests/test_prompt_model.py's, on clips of their own.
         validation = {"clips": 2, "frames": 100}
-        return evaluate(backend, clips, steps_list=(4,), validation=validation, prompt_clips=0)
+        return evaluate(backend, clips, steps_list=(4,), validation=validation, prompt_clips=0, redub_clips=0)
     finally:
         torch.set_num_threads(threads)
 

@@ -177,6 +177,19 @@ def test_a_prompt_model_is_also_judged_on_opposite_prompts(clip) -> None:  # noq
     assert calls == [(i, total) for i in range(1, total + 1)]
 
 
+def test_a_re_dub_model_is_also_judged_on_re_dubs(monkeypatch, clip) -> None:  # noqa: ANN001
+    """Wiring: a model that re-dubs gets a ``redub`` section from its first clips, cut to 4 s."""
+    config = dataclasses.replace(get_preset("tiny"), capabilities=Capabilities(video=True))
+    seen = []
+    monkeypatch.setattr(ev, "redub_effects", lambda backend, clips, **kw: seen.append(clips) or {"ok": 1})
+    short = ev.trim(clip, 13)
+    report = ev.evaluate(
+        TorchBackend(LiveHumanModel.random(config)), [short, short], steps_list=(1,),
+        validation={"clips": 1, "frames": 20},
+    )  # fmt: skip
+    assert report["redub"] == {"ok": 1} and len(seen[0]) == 2
+
+
 def test_eval_cli_writes_the_report(tmp_path, monkeypatch, caplog, report_and_calls, clip) -> None:  # noqa: ANN001
     """The CLI's wiring: arguments reach ``evaluate`` and the report lands on disk (the evaluation
     itself is the fixture's, run once)."""

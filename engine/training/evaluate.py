@@ -39,6 +39,7 @@ from engine.training import data, estimators, speech, visemes
 from engine.training.attribute_estimates import validate_attribute_estimators
 from engine.training.data import Clip
 from engine.training.prompt_eval import OPPOSITES, prompt_effects
+from engine.training.redub_eval import redub_effects
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ IDLE_MARGIN = 3  # idle frames are at least this many frames from any speech fra
 IDLE_TRUTH_MAX = 0.05  # ... and the true mouth opening is below this
 NOISE_RAMP_S = 0.01  # gap noise fades in and out over this, so its edges do not click
 DRIFT_BLOCK = 250  # frames scored at a time in a long drift run
+# 4 s per re-dub render, odd so the mirror loop shows the whole source forward (redub_eval).
+REDUB_FRAMES = 101
 PROMPT_FRAMES = 75  # 3 s per prompt render: enough windows for a prompt to settle (it eases in over 1 s)
 NOTE = (
     "Scores come from this project's own estimators (engine/training/estimators.py) on its synthetic "
@@ -452,6 +455,7 @@ def evaluate(
     machine: dict[str, Any] | None = None,
     validation: dict[str, Any] | None = None,
     prompt_clips: int = 2,
+    redub_clips: int = 4,
 ) -> dict[str, Any]:
     """The evaluation report (JSON-serialisable) of ``backend`` on ``clips`` at each step count.
 
@@ -460,7 +464,8 @@ def evaluate(
     the prompt renders. ``validation`` holds keyword arguments for
     ``estimators.validate_estimators`` (tests make it small). A model with prompt control is also
     judged on its first ``prompt_clips`` clips, cut to ``PROMPT_FRAMES``, at 4 steps
-    (``prompt_eval``).
+    (``prompt_eval``), and a model that re-dubs videos on its first ``redub_clips``, cut to
+    ``REDUB_FRAMES`` (``redub_eval``).
     """
     if not clips:
         raise ConfigError("evaluation needs at least one clip")
@@ -470,6 +475,12 @@ def evaluate(
     prompted = list(clips[:prompt_clips]) if backend.config.capabilities.prompt else []
     total = len(steps_list) * (2 * len(clips) + (1 if drift_seconds > 0 else 0))
     total += 2 * len(OPPOSITES) * len(prompted)
+    # A re-dub's source borrows the next clip's mouth, so it takes two clips at least.
+    redubbed = (
+        [trim(c, REDUB_FRAMES) for c in clips[:redub_clips]] if backend.config.capabilities.video else []
+    )
+    redubbed = redubbed if len(redubbed) > 1 else []
+    total += len(redubbed)
     done = 0
 
     def tick() -> None:
@@ -506,6 +517,7 @@ def evaluate(
             "oracle": oracle(clips, backend.config.height, threshold),
             "steps": per_steps,
             "prompt": prompt,
+            "redub": redub_effects(backend, redubbed, seed=seed, tick=tick) if redubbed else None,
         }
     )
 

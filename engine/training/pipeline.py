@@ -1,12 +1,12 @@
-"""``livehuman train``: data, VAE, latents, audio probe, teacher, trajectories, student, camera, prompt.
+"""``livehuman train``: data, VAE, latents, audio probe, teacher, trajectories, student, add-ons.
 
 Every stage writes its result under the output directory and is recorded in ``state.json``, so a
 run that is stopped (or a session that ends) resumes at the stage, and within a stage at the
 checkpoint, where it stopped. Seeds are fixed per step, so a resumed run draws the same batches.
 The finished student is ``OUT/model`` (``config.json`` + ``model.safetensors``): pass it as
 ``--preset`` anywhere, or copy it to ``engine/assets/default_model``. ``finetune`` runs the
-add-on stages a model lacks (camera branch, prompt control) on a model trained before, instead
-of retraining it.
+add-on stages a model lacks (camera branch, re-dubbing a video, prompt control) on a model
+trained before, instead of retraining it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from engine.config import ModelConfig, get_preset
+from engine.config import ConfigError, ModelConfig, get_preset
 from engine.models.livehuman import LiveHumanModel
 from engine.training import data
 from engine.training.camera_stage import (
@@ -46,6 +46,7 @@ from engine.training.prompt_stage import (
     prompt_step_fn,
     widen_text_encoder,
 )
+from engine.training.redub_stage import RedubClip, RedubTrainConfig, make_redub_clips, redub_step_fn
 from engine.training.stage import RunState, cosine_lr, run_stage
 from engine.training.vae_stage import (
     VAETrainConfig,
@@ -57,6 +58,8 @@ from engine.training.windows import EncodedClip, encode_clips
 from engine.weights import load_model, save_model
 
 log = logging.getLogger(__name__)
+
+ADDONS = ("camera", "video", "prompt")  # fine-tune stages, in the order they run
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class TrainPlan:
     dit: DiTTrainConfig = field(default_factory=DiTTrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     camera: CameraTrainConfig = field(default_factory=CameraTrainConfig)
+    video: RedubTrainConfig = field(default_factory=RedubTrainConfig)
     prompt: PromptTrainConfig = field(default_factory=PromptTrainConfig)
 
 
@@ -86,6 +90,7 @@ PLANS = {
         dit=DiTTrainConfig(audio_steps=10, steps=30, batch=4),
         distill=DistillConfig(teacher_steps=4, trajectories=8, chunk=4, steps=6, batch=4),
         camera=CameraTrainConfig(clips=2, steps=6, batch=2),
+        video=RedubTrainConfig(clips=2, frames=21, steps=6, batch=2),
         prompt=PromptTrainConfig(clips=2, frames=21, steps=6, batch=2),
     ),
 }
@@ -217,19 +222,25 @@ def train(preset: str, out_dir: Path, plan: TrainPlan, seed: int = 0, data_dir: 
     return finetune(out_dir / "model", out_dir, plan, seed)
 
 
-def finetune(model_dir: Path, out_dir: Path, plan: TrainPlan, seed: int = 0) -> Path:
-    """The add-on stages a trained model lacks, each with the rest of the model frozen: the camera
-    branch (clips with camera moves), then prompt control (clips rendered with and without the
-    prompt's attributes). Writes ``OUT/model``, which declares the capabilities; resumable too."""
+def finetune(
+    model_dir: Path, out_dir: Path, plan: TrainPlan, seed: int = 0, addons: tuple[str, ...] = ADDONS
+) -> Path:
+    """The add-on stages of ``addons`` a trained model lacks, in ``ADDONS`` order, each with the
+    rest of the model frozen: the camera branch (clips with camera moves), re-dubbing a video
+    (the same branch, on source/re-dub pairs), prompt control (clips rendered with and without
+    the prompt's attributes). Writes ``OUT/model``, which declares the capabilities; resumable."""
+    unknown = sorted(set(addons) - set(ADDONS))
+    if unknown:
+        raise ConfigError(f"addons: unknown {', '.join(unknown)}; choose from {', '.join(ADDONS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     state = RunState(out_dir)
     progress = _Progress()
     model = load_model(model_dir)
     given = model.config.capabilities
-    if not model.config.capabilities.camera:
-        model = _addon_stage("camera", _train_camera, model, out_dir, plan, seed, state, progress)
-    if not model.config.capabilities.prompt:
-        model = _addon_stage("prompt", _train_prompt, model, out_dir, plan, seed, state, progress)
+    stages = {"camera": _train_camera, "video": _train_video, "prompt": _train_prompt}
+    for name in ADDONS:
+        if name in addons and not getattr(model.config.capabilities, name):
+            model = _addon_stage(name, stages[name], model, out_dir, plan, seed, state, progress)
     progress.close()
     target = out_dir / "model"
     if model.config.capabilities != given or model_dir.resolve() != target.resolve():
@@ -268,23 +279,53 @@ def _addon_stage(
     return model
 
 
+def _camera_clips(
+    model: LiveHumanModel, out_dir: Path, plan: TrainPlan, seed: int, progress: _Progress
+) -> list[EncodedClip]:
+    """The camera stage's clips, encoded (generated and cached on first use): the video stage
+    mixes them in so the branch they share keeps following camera moves."""
+    camera_dir = out_dir / "camera_data"
+    data.generate(
+        camera_dir, {"train": plan.camera.clips}, seed=seed + 1, camera_fraction=1.0,
+        progress=lambda d, t: progress("camera data", d, t),
+    )  # fmt: skip
+    clips = list(data.iter_clips(camera_dir, "train"))
+    return _encoded(out_dir, model, clips, "camera", plan.encode_frames, progress)
+
+
 def _train_camera(
     model: LiveHumanModel, out_dir: Path, plan: TrainPlan, seed: int, progress: _Progress
 ) -> dict[str, float]:
     cfg = plan.camera
-    camera_dir = out_dir / "camera_data"
-    data.generate(
-        camera_dir, {"train": cfg.clips}, seed=seed + 1, camera_fraction=1.0,
-        progress=lambda d, t: progress("camera data", d, t),
-    )  # fmt: skip
-    encoded = _encoded(
-        out_dir, model, list(data.iter_clips(camera_dir, "train")), "camera", plan.encode_frames, progress
-    )
+    encoded = _camera_clips(model, out_dir, plan, seed, progress)
     init_camera_branch(model.dit)
     opt = torch.optim.AdamW(freeze_all_but_camera(model), lr=cfg.lr, weight_decay=0.0)
     return run_stage(
         out_dir, "camera", {"dit": model.dit}, opt, cfg.steps,
         camera_step_fn(model, encoded, model.config, cfg, seed),
+        cosine_lr(cfg.lr, cfg.steps, warmup=20), progress=progress,
+    )  # fmt: skip
+
+
+def _train_video(
+    model: LiveHumanModel, out_dir: Path, plan: TrainPlan, seed: int, progress: _Progress
+) -> dict[str, float]:
+    cfg = plan.video
+    camera_clips = _camera_clips(model, out_dir, plan, seed, progress)
+    cache = out_dir / "stages" / "latents_video.pt"
+    if cache.exists():
+        clips = [
+            RedubClip(EncodedClip(**c["target"]), c["source"]) for c in torch.load(cache, weights_only=False)
+        ]
+    else:
+        model.eval()
+        clips = make_redub_clips(model, cfg, seed, lambda d, t: progress("video latents", d, t))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save([dataclasses.asdict(c) for c in clips], cache)
+    opt = torch.optim.AdamW(freeze_all_but_camera(model), lr=cfg.lr, weight_decay=0.0)
+    return run_stage(
+        out_dir, "video", {"dit": model.dit}, opt, cfg.steps,
+        redub_step_fn(model, clips, camera_clips, model.config, cfg, seed),
         cosine_lr(cfg.lr, cfg.steps, warmup=20), progress=progress,
     )  # fmt: skip
 
