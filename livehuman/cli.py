@@ -20,16 +20,38 @@ from stream.microphone import MicrophoneUnavailable
 
 log = logging.getLogger("livehuman")
 
-USER_ERRORS = (MediaError, ConfigError, WeightsError, BackendUnavailable, ExportError, MicrophoneUnavailable)
+
+class UsageError(ValueError):
+    """Options that cannot go together; argparse's own errors print the usage too, over several lines."""
+
+
+USER_ERRORS = (
+    MediaError,
+    ConfigError,
+    WeightsError,
+    BackendUnavailable,
+    ExportError,
+    MicrophoneUnavailable,
+    UsageError,
+)
 
 
 def _render(args: argparse.Namespace) -> int:
     from engine.models.camera import check_camera, parse_camera
     from engine.prompt import check_prompt
+    from engine.redub import check_video
     from engine.render import render, with_overrides
     from livehuman.backends import load_backend
 
-    for what, path in (("image", args.image), ("audio", args.audio)):
+    # A re-dub has no portrait: the video's own frames are the picture.
+    if args.image is not None and args.video is not None:
+        raise UsageError(
+            "--image and --video are mutually exclusive: --video re-dubs a video instead of a portrait"
+        )
+    if args.image is None and args.video is None:
+        raise UsageError("render needs --image (a portrait) or --video (a video to re-dub)")
+    source = ("image", args.image) if args.video is None else ("video", args.video)
+    for what, path in (source, ("audio", args.audio)):
         if not Path(path).is_file():
             raise MediaError(f"{what} file '{path}': file not found")
     backend = load_backend(args.backend, args.preset)
@@ -37,10 +59,12 @@ def _render(args: argparse.Namespace) -> int:
     camera = parse_camera(args.camera)
     check_camera(config, camera)
     check_prompt(config, args.prompt)
+    if args.video is not None:
+        check_video(config)  # before the video is decoded and the output opened
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     report = render(
         backend, args.image, args.audio, args.out,
-        config=config, seed=args.seed, prompt=args.prompt, camera=camera,
+        config=config, seed=args.seed, prompt=args.prompt, camera=camera, video=args.video,
     )  # fmt: skip
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
@@ -57,12 +81,13 @@ def _render(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from engine.config import get_preset
-    from engine.training.pipeline import PLANS, finetune, train
+    from engine.training.pipeline import ADDONS, PLANS, finetune, train
     from engine.weights import resolve_model_dir
 
     if args.finetune:
         source = resolve_model_dir(args.finetune)  # one line if it is not a trained model
-        model_dir = finetune(source, Path(args.out), PLANS[args.plan], seed=args.seed)
+        addons = tuple(a.strip() for a in args.addons.split(",")) if args.addons else ADDONS
+        model_dir = finetune(source, Path(args.out), PLANS[args.plan], seed=args.seed, addons=addons)
     else:
         get_preset(args.preset)  # an unknown preset is a one-line error before any work starts
         model_dir = train(args.preset, Path(args.out), PLANS[args.plan], seed=args.seed)
@@ -124,6 +149,16 @@ def _eval(args: argparse.Namespace) -> int:
             100 * effect["moved_right_way"],
             evaluate.fmt_fraction(effect["fraction_of_truth"]),
         )
+    redub = report["redub"]
+    if redub:
+        log.info(
+            "eval re-dub: PSNR %s dB (copying the source: %s), lip-sync %.3f (copying: %.3f); bars %s",
+            redub["psnr_db"],
+            redub["copy_psnr_db"],
+            redub["lipsync_corr"],
+            redub["copy_lipsync_corr"],
+            redub["bars"],
+        )
     log.info("wrote %s (%d clips, %.1f s)", args.report, len(clips), report["durations_s"])
     if args.write_fallback:
         _write_fallback(Path(args.preset), evaluate.passing_steps(report))
@@ -154,8 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    render = commands.add_parser("render", help="render a portrait speaking an audio file to mp4")
-    render.add_argument("--image", required=True, help="portrait image (png, jpg, ...)")
+    render = commands.add_parser(
+        "render", help="render a portrait speaking an audio file to mp4, or re-dub a video with it"
+    )
+    render.add_argument("--image", help="portrait image (png, jpg, ...); this or --video")
+    render.add_argument(
+        "--video",
+        metavar="FILE",
+        help="re-dub this video (1-30 s, looped forward then backward; its own audio is ignored) "
+        "instead of animating a portrait; needs a model with capabilities.video",
+    )
     render.add_argument("--audio", required=True, help="speech (wav, mp3, flac, ogg)")
     render.add_argument("--out", required=True, help="output .mp4 (H.264 + AAC)")
     render.add_argument(
@@ -200,8 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--finetune",
         metavar="MODEL",
-        help="run only the add-on stages this trained model lacks (camera branch, prompt control) on it "
-        "(default, or a model directory) instead of training from scratch",
+        help="run only the add-on stages this trained model lacks (camera branch, video re-dub, prompt "
+        "control) on it (default, or a model directory) instead of training from scratch",
+    )
+    train.add_argument(
+        "--addons",
+        help="with --finetune: which add-ons, comma-separated from camera,video,prompt (default: all it "
+        "lacks; the shipped default has camera,video, the prompt model adds prompt)",
     )
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser(

@@ -37,7 +37,7 @@ MAX_SEED: Final = 2**63 - 1
 FILE_FIELDS: Final = ("image", "video")
 TEXT_FIELDS: Final = ("prompt", "camera", "seed")
 # Options a session can be given when the model supports them; the rest are refused until wired.
-CREATE_WIRED: Final = frozenset({"prompt", "camera"})
+CREATE_WIRED: Final = frozenset({"prompt", "camera", "video"})
 UPDATE_WIRED: Final = frozenset({"prompt", "camera"})
 
 
@@ -77,7 +77,10 @@ async def health(request: web.Request) -> web.Response:
 
 @dataclass(frozen=True)
 class CreateRequest:
-    image: bytes
+    """A parsed create: exactly one of ``image`` (a portrait) and ``video`` (to re-dub) is set."""
+
+    image: bytes | None
+    video: bytes | None = None
     prompt: str = ""
     camera: object | None = None
     seed: int = 0
@@ -101,9 +104,11 @@ async def create_session(request: web.Request) -> web.Response:
     _check_prompt(manager.config, body.prompt)
     options = SessionOptions(prompt=body.prompt, seed=body.seed, camera=_camera(body.camera))
     try:
-        session = await manager.create(body.image, options)
+        session = await manager.create(body.image, options, video=body.video)
     except MediaError as exc:
-        raise ApiError(400, f"image: {exc}") from exc
+        raise ApiError(400, f"{'image' if body.video is None else 'video'}: {exc}") from exc
+    except ConfigError as exc:  # a video the model cannot re-dub or the loop cannot hold; names ``video``
+        raise ApiError(422, str(exc)) from exc
     path = SESSION_PATH.format(id=session.id)
     return web.json_response(_view(manager, session), status=201, headers={"Location": path})
 
@@ -160,6 +165,7 @@ def _view(manager: SessionManager, session: Session) -> dict[str, Any]:
         "fps": FPS,
         "prompt": session.options.prompt,
         "camera": str(session.options.camera),
+        "source": session.source,
         "seed": session.options.seed,
         "idle_s": round(manager.idle_seconds(session.id), 3),
         "stats": session.stats(),
@@ -185,13 +191,16 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
 def _parse_create_json(data: dict[str, Any], capabilities: Capabilities, max_upload: int) -> CreateRequest:
     _reject_unknown(data, ("image_b64", "video_b64", "prompt", "camera", "seed"))
     _require_supported(capabilities, {"video": "video_b64" in data}, CREATE_WIRED)
-    if "image_b64" not in data:
-        raise ApiError(400, "image_b64: required (a base64-encoded portrait)")
+    if "image_b64" in data and "video_b64" in data:
+        raise ApiError(400, "image_b64, video_b64: give one, a portrait or a video to re-dub, not both")
+    if "image_b64" not in data and "video_b64" not in data:
+        raise ApiError(400, "image_b64: required (a base64-encoded portrait, or video_b64 to re-dub a video)")
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ApiError(400, "seed: expected an integer")
     return CreateRequest(
-        image=_base64_field(data, "image_b64", max_upload),
+        image=_base64_field(data, "image_b64", max_upload) if "image_b64" in data else None,
+        video=_base64_field(data, "video_b64", max_upload) if "video_b64" in data else None,
         prompt=_optional_str(data, "prompt") or "",
         camera=data.get("camera"),
         seed=_check_seed(seed),
@@ -216,8 +225,10 @@ async def _read_form(request: web.Request, capabilities: Capabilities) -> Create
             fields[name] = await _read_part(part, name, limit)
     except ValueError as exc:  # aiohttp's multipart parser reports a malformed body so
         raise ApiError(400, f"body: malformed multipart ({exc})") from exc
-    if not fields.get("image"):
-        raise ApiError(400, "image: required (a portrait file)")
+    if "image" in fields and "video" in fields:
+        raise ApiError(400, "image, video: give one, a portrait or a video to re-dub, not both")
+    if "video" not in fields and not fields.get("image"):
+        raise ApiError(400, "image: required (a portrait file, or a video file as 'video' to re-dub it)")
     text = {name: _decode_text(fields[name], name) for name in TEXT_FIELDS if name in fields}
     seed = text.get("seed", "").strip()
     try:
@@ -225,7 +236,8 @@ async def _read_form(request: web.Request, capabilities: Capabilities) -> Create
     except ValueError as exc:
         raise ApiError(400, f"seed: expected an integer, got {seed[:32]!r}") from exc
     return CreateRequest(
-        image=fields["image"],
+        image=fields.get("image"),
+        video=fields.get("video"),
         prompt=text.get("prompt", ""),
         camera=text.get("camera") or None,
         seed=_check_seed(seed_value),

@@ -69,7 +69,7 @@ class ServerConfig:
 
     @property
     def max_json_bytes(self) -> int:
-        """A JSON create carries the portrait in base64: 4/3 of the upload, plus the other fields."""
+        """A JSON create carries the portrait or video in base64: 4/3 of the upload, plus the rest."""
         return self.max_upload_bytes * 4 // 3 + 64 * 1024
 
 

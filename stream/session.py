@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from engine.clock import Clock, MonotonicClock
 from engine.config import ModelConfig
 from engine.generator import Conditioning
 from engine.models.camera import CameraMove
+from engine.redub import check_video
 from engine.runtime.base import Backend
 from engine.scheduler import OutputFrame, PlaybackEvent, Scheduler
 from engine.worker import SchedulerWorker
@@ -77,8 +78,8 @@ class Subscription:
 
 
 class Session:
-    """Create with ``await Session.create(...)``: encoding the portrait is a model call, and no
-    model call runs on the event loop."""
+    """Create with ``await Session.create(...)``: encoding the portrait (or the video being
+    re-dubbed) is a model call, and no model call runs on the event loop."""
 
     def __init__(
         self,
@@ -94,6 +95,8 @@ class Session:
         self.config = config
         self.options = options
         self.portrait = portrait
+        # What the client gave: a still to animate, or a video to re-dub (looped, its frame 0 the portrait).
+        self.source: Literal["portrait", "video"] = "portrait" if conditioning.source is None else "video"
         self.clock = clock
         self.scheduler = Scheduler(
             backend, conditioning, config, seed=options.seed, clock=clock, portrait=portrait
@@ -114,12 +117,26 @@ class Session:
         session_id: str,
         backend: Backend,
         config: ModelConfig,
-        portrait: np.ndarray,
+        portrait: np.ndarray | None,
         options: SessionOptions | None = None,
         clock: Clock | None = None,
+        *,
+        video: np.ndarray | None = None,
     ) -> Session:
+        """A running session animating ``portrait`` ((H, W, 3) uint8), or re-dubbing ``video``
+        ((F, H, W, 3) uint8 at 25 fps, 1-30 s) in its place: exactly one of the two. Encoding a
+        video takes seconds, so both encodings run on a worker thread."""
+        if (portrait is None) == (video is None):
+            raise ValueError("a session needs a portrait or a video to re-dub, exactly one of them")
         options = options or SessionOptions()
-        conditioning = await asyncio.to_thread(Conditioning.from_portrait, backend, portrait, options.prompt)
+        if video is None:
+            conditioning = await asyncio.to_thread(
+                Conditioning.from_portrait, backend, portrait, options.prompt
+            )
+        else:
+            check_video(config)
+            conditioning = await asyncio.to_thread(Conditioning.from_video, backend, video, options.prompt)
+            portrait = video[0]
         session = cls(session_id, backend, config, portrait, conditioning, options, clock or MonotonicClock())
         session.worker.start()
         session._pump = asyncio.create_task(session._run(), name=f"session-{session_id}-pump")

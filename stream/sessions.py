@@ -1,9 +1,9 @@
 """The server's sessions: create with a fresh id, look up, close; bounded in number and in idle time.
 
 Every route module (the JSON API, audio in, WHEP, RTMP) finds sessions here, so one place owns
-their lifetime: a cap on concurrent sessions (slots are reserved before the portrait is encoded,
-so a burst of creates cannot overshoot it), an idle reaper run by one owned background task, and
-teardown that is idempotent and closes everything when the manager closes.
+their lifetime: a cap on concurrent sessions (slots are reserved before the portrait or video is
+encoded, so a burst of creates cannot overshoot it), an idle reaper run by one owned background
+task, and teardown that is idempotent and closes everything when the manager closes.
 
 The manager also keeps the numbers ``/metrics`` exports that must outlive a session: per-stage
 latency histograms fed from each scheduler's window records, taken in before the session goes.
@@ -24,7 +24,8 @@ import numpy as np
 
 from engine.clock import Clock, MonotonicClock
 from engine.config import ModelConfig
-from engine.media import read_image
+from engine.media import read_image, read_video
+from engine.redub import MAX_SECONDS, check_source_length, check_video
 from engine.runtime.base import Backend
 from engine.scheduler import OutputFrame, WindowRecord
 from stream.session import FrameHook, Session, SessionOptions
@@ -163,9 +164,21 @@ class SessionManager:
         await self.close_all("server shutting down")
 
     # --- sessions --------------------------------------------------------------------------------------
-    async def create(self, portrait: bytes | np.ndarray, options: SessionOptions | None = None) -> Session:
-        """A new live session. ``portrait`` is an encoded image (decoded off the loop, and a
-        ``MediaError`` if it is not one) or uint8 RGB at the model's size."""
+    async def create(
+        self,
+        portrait: bytes | np.ndarray | None = None,
+        options: SessionOptions | None = None,
+        *,
+        video: bytes | np.ndarray | None = None,
+    ) -> Session:
+        """A new live session from exactly one of ``portrait`` or ``video`` (to re-dub). Each is
+        encoded (decoded off the loop; a ``MediaError`` if it is not an image or a video) or uint8
+        RGB at the model's size, (H, W, 3) or (F, H, W, 3) at 25 fps. A video on a model that cannot
+        re-dub, or one shorter than 1 s or longer than 30 s, is a ``ConfigError`` naming ``video``."""
+        if (portrait is None) == (video is None):
+            raise ValueError("a session needs a portrait or a video to re-dub, exactly one of them")
+        if video is not None:
+            check_video(self.config)  # before a slot is taken and the upload decoded
         if self._closed:
             raise ManagerClosed("the server is shutting down")
         if len(self._entries) + self._reserved >= self.limits.max_sessions:
@@ -173,12 +186,15 @@ class SessionManager:
             raise AtCapacity(self.limits.max_sessions, self.limits.retry_after_s)
         self._reserved += 1
         try:
-            image = await self._portrait(portrait)
+            image = None if portrait is None else await self._portrait(portrait)
+            frames = None if video is None else await self._video(video)
             session_id = secrets.token_urlsafe(9)  # 72 random bits: unguessable, and unique in practice
-            session = await Session.create(session_id, self.backend, self.config, image, options)
+            session = await Session.create(
+                session_id, self.backend, self.config, image, options, video=frames
+            )
         finally:
             self._reserved -= 1
-        if self._closed:  # shut down while the portrait was encoding
+        if self._closed:  # shut down while the portrait or video was encoding
             await session.close()
             raise ManagerClosed("the server is shutting down")
         session.frame_hooks.extend(self.frame_hooks)
@@ -186,7 +202,13 @@ class SessionManager:
         session.frame_hooks.append(meter)
         self._entries[session_id] = _Entry(session, meter, last_active=self._clock.now())
         self.created_total += 1
-        log.info("session %s created (%d/%d)", session_id, len(self._entries), self.limits.max_sessions)
+        log.info(
+            "session %s created from a %s (%d/%d)",
+            session_id,
+            session.source,
+            len(self._entries),
+            self.limits.max_sessions,
+        )
         return session
 
     def get(self, session_id: str) -> Session:
@@ -305,3 +327,15 @@ class SessionManager:
                 f"portrait must be uint8 ({height}, {width}, 3), got {portrait.dtype} {portrait.shape}"
             )
         return portrait
+
+    async def _video(self, video: bytes | np.ndarray) -> np.ndarray:
+        height, width = self.config.height, self.config.width
+        if isinstance(video, bytes):
+            # Decoding seconds of video stalls every other session if it runs on the loop.
+            video = await asyncio.to_thread(read_video, video, height, width, MAX_SECONDS)
+        elif video.ndim != 4 or video.shape[1:] != (height, width, 3) or video.dtype != np.uint8:
+            raise ValueError(
+                f"video must be uint8 (F, {height}, {width}, 3), got {video.dtype} {video.shape}"
+            )
+        check_source_length(len(video))
+        return video

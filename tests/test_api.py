@@ -12,7 +12,7 @@ import base64
 import dataclasses
 import io
 import re
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,14 @@ from PIL import Image
 
 from engine.clock import VirtualClock
 from engine.config import Capabilities
+from engine.media import read_video
+from engine.redub import MAX_SECONDS, mirror_loop
 from engine.runtime.base import Backend
 from stream.app import MANAGER_KEY, ServerConfig, build_app
-from stream.session import SessionOptions
+from stream.session import Session, SessionOptions
 from stream.sessions import ManagerClosed, SessionLimits, SessionManager
 from tests.fakes import FakeBackend, fake_config
+from tests.test_cli import write_video
 from tests.test_scheduler import tone
 
 TOKEN = "s3cret"
@@ -124,7 +127,7 @@ def test_session_lifecycle_create_get_patch_interrupt_delete(server: Harness) ->
         session_id = await server.create(seed="5")
         response = await server.client.get(f"/v1/sessions/{session_id}")
         view = await response.json()
-        assert view["id"] == session_id and view["seed"] == 5
+        assert view["id"] == session_id and view["seed"] == 5 and view["source"] == "portrait"
         assert view["audio_url"] == f"/v1/sessions/{session_id}/audio"
         assert view["whep_url"] == f"/v1/sessions/{session_id}/whep"
         assert (view["width"], view["height"]) == (CONFIG.width, CONFIG.height)
@@ -187,8 +190,10 @@ BAD_CREATES = [
     ({"data": _form(camera="orbit")}, 422, "camera: not supported by this model"),
     ({"data": _form(prompt="smile")}, 422, "prompt: not supported by this model"),
     ({"data": _form(video=b"\x00" * 100)}, 422, "video: not supported by this model"),
+    ({"data": _form(image=None, video=b"\x00" * 100)}, 422, "video: not supported by this model"),
     ({"json": {"image_b64": "aGk=", "camera": {"preset": "orbit"}}}, 422, "camera: not supported"),
     ({"json": {"image_b64": "aGk=", "video_b64": "aGk="}}, 422, "video: not supported"),
+    ({"json": {"video_b64": "aGk="}}, 422, "video: not supported by this model"),
 ]
 
 
@@ -480,6 +485,86 @@ def test_a_camera_and_prompt_model_takes_both_at_create_and_live_and_refuses_bad
     assert created["prompt"] == "a calm presenter" and prompted["prompt"] == "smiling"
     assert torch.equal(text, backend.encode_text("smiling")), "the live prompt reached the scheduler"
     assert too_long == f"prompt: 100 bytes, but this model reads at most {config.text.max_tokens}"
+
+
+# --- re-dubbing a video ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def redub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Harness, bytes]]:
+    """A server whose model re-dubs videos (and takes a camera), and a 1.24 s clip to give it."""
+    config = dataclasses.replace(CONFIG, capabilities=Capabilities(camera=True, video=True))
+    harness = Harness(FakeBackend(config))
+    video = write_video(tmp_path_factory.mktemp("redub") / "host.mp4", frames=31).read_bytes()
+    yield harness, video
+    harness.close()
+
+
+def test_a_session_from_a_video_upload_or_base64_redubs_it(redub: tuple[Harness, bytes]) -> None:
+    harness, video = redub
+    decoded = read_video(video, CONFIG.height, CONFIG.width, MAX_SECONDS)
+
+    async def create(**kwargs: Any) -> tuple[dict, dict, Session]:
+        response = await harness.client.post("/v1/sessions", **kwargs)
+        assert response.status == 201, await response.text()
+        created = await response.json()
+        fetched = await (await harness.client.get(response.headers["Location"])).json()
+        session = harness.manager.get(created["id"])
+        await harness.manager.close(created["id"])
+        return created, fetched, session
+
+    async def main() -> list[tuple[dict, dict, Session]]:
+        form = _form(image=None)
+        form.add_field("video", video, filename="host.mp4", content_type="video/mp4")
+        form.add_field("camera", "push_in:50")
+        as_json = {"video_b64": base64.b64encode(video).decode(), "seed": 3}
+        portrait = await create(data=_form())  # the same server still animates portraits
+        return [await create(data=form), await create(json=as_json), portrait]
+
+    (form, form_view, form_session), (json_, json_view, json_session), portrait = harness.run(main())
+    assert form["source"] == form_view["source"] == json_["source"] == json_view["source"] == "video"
+    assert form["camera"] == "push_in:50" and json_["seed"] == 3
+    for session in (form_session, json_session):
+        source = session.scheduler.generator.cond.source
+        assert source is not None, "the session is conditioned on the video"
+        assert np.array_equal(source.frames, mirror_loop(decoded))
+        assert np.array_equal(session.portrait, decoded[0])
+    assert portrait[0]["source"] == "portrait" and portrait[2].scheduler.generator.cond.source is None
+
+
+def test_bad_videos_get_a_400_or_422_naming_the_field(redub: tuple[Harness, bytes], tmp_path: Path) -> None:
+    harness, video = redub
+    short = write_video(tmp_path / "short.mp4", frames=10).read_bytes()
+
+    def form(data: bytes, image: bytes | None = None) -> FormData:
+        built = _form(image=image)
+        built.add_field("video", data, filename="host.mp4", content_type="video/mp4")
+        return built
+
+    cases = [
+        (
+            {"json": {"image_b64": base64.b64encode(png_bytes()).decode(), "video_b64": "aGk="}},
+            400,
+            "image_b64, video_b64: give one",
+        ),
+        ({"data": form(video, image=png_bytes())}, 400, "image, video: give one"),
+        ({"data": form(b"this is not a video")}, 400, "video: video file '<upload of 19 bytes>': cannot be"),
+        ({"json": {"video_b64": base64.b64encode(b"not a video").decode()}}, 400, "video: video file"),
+        ({"json": {"video_b64": ""}}, 400, "video_b64: empty"),
+        ({"data": form(bytes(MAX_UPLOAD + 1))}, 413, "video: larger than"),  # the upload limit holds
+        ({"json": {"video_b64": base64.b64encode(bytes(MAX_UPLOAD + 3)).decode()}}, 413, "video_b64: larger"),
+        ({"data": form(short)}, 422, "video: 0.40 s is too short to loop"),
+        ({"json": {"video_b64": base64.b64encode(short).decode()}}, 422, "video: 0.40 s is too short"),
+    ]
+
+    async def main() -> list[str]:
+        return [
+            await _error(await harness.client.post("/v1/sessions", **kwargs), status)
+            for kwargs, status, _ in cases
+        ]
+
+    created = harness.manager.created_total
+    for error, (_, _, message) in zip(harness.run(main()), cases, strict=True):
+        assert error.startswith(message) and "\n" not in error, error
+    assert len(harness.manager) == 0 and harness.manager.created_total == created
 
 
 def test_build_app_takes_extra_route_modules() -> None:
