@@ -98,6 +98,8 @@ class SourceVideo:
         check_source_length(len(frames))
         loop = mirror_loop(frames)
         count = len(loop) // FRAMES_PER_LATENT
+        # Seconds of work on a CPU (about 1.2 s per second of source on two cores): say so first.
+        logger.info("video: encoding a %.1f s source once (%d latents of its loop)", len(frames) / FPS, count)
         # 1. Encode the loop causally, its last WARMUP_LATENTS latents' frames in front.
         order = np.arange(-WARMUP_LATENTS * FRAMES_PER_LATENT, len(loop)) % len(loop)
         encoder_cache, decoder_cache = backend.vae_encoder_cache(1), backend.vae_decoder_cache(1)

@@ -262,13 +262,18 @@ def test_memory_growth_and_state_ratio_catch_a_leak_and_pass_bounded_state() -> 
     assert state_ratio(growing, 2, 60.0) > 1.5
 
 
-def test_duration_two_minutes_of_live_stream_keep_memory_state_and_identity_flat(tmp_path) -> None:  # noqa: ANN001
-    """The CI version of the 30-minute benchmark: the shipped model, live scheduler, virtual clock."""
+def test_duration_two_minutes_of_live_stream_keep_memory_state_and_identity_flat(
+    tmp_path, monkeypatch
+) -> None:  # noqa: ANN001
+    """The CI version of the 30-minute benchmark: the shipped model, live scheduler, virtual clock,
+    on the CPU's best backend (onnx int8; with its export 108 s here, against 122 s on torch)."""
     from benchmarks.cli import run_suite
 
+    monkeypatch.setenv("LIVEHUMAN_CACHE", str(tmp_path / "cache"))
     options = BenchOptions(
-        suite="duration", preset="default", duration=120.0, out=str(tmp_path), threads=2, progress=False
-    )
+        suite="duration", preset="default", duration=120.0, out=str(tmp_path), threads=2, progress=False,
+        backend="onnx",
+    )  # fmt: skip
     result = run_suite(options)
     assert validate(result) == [], validate(result)
     delay_s = result["config"]["scheduler"]["playout_delay_ms"] / 1000.0

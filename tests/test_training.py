@@ -127,9 +127,13 @@ def test_smoke_training_run_saves_a_loadable_model_and_resumes_as_done(tmp_path)
     model = load_model(out)
     assert model.config.name == "tiny"
     state = RunState(tmp_path / "run")
-    for stage in ("data", "vae", "audio", "dit", "trajectories", "distill", "camera", "prompt"):
+    for stage in ("data", "vae", "audio", "dit", "trajectories", "distill", "camera", "video", "prompt"):
         assert state.done(stage), stage
-    assert model.config.capabilities.camera and model.config.capabilities.prompt
+    assert (
+        model.config.capabilities.camera
+        and model.config.capabilities.video
+        and model.config.capabilities.prompt
+    )
     assert np.isfinite(state.data["stages"]["vae"]["psnr"])
     mtime = (out / "model.safetensors").stat().st_mtime_ns
     train("tiny", tmp_path / "run", PLANS["smoke"], seed=0)  # everything done: nothing retrains
