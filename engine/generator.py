@@ -55,10 +55,10 @@ class Conditioning:
         )
 
     @classmethod
-    def from_video(cls, backend: Backend, frames: np.ndarray, prompt: str = "") -> Conditioning:
-        """Encode a session's source video (uint8 (F, H, W, 3) at the model's size, 25 fps) and
-        prompt once; its first frame is the reference, as a portrait would be."""
-        source = SourceVideo.prepare(backend, frames)
+    def from_video(cls, backend: Backend, video: np.ndarray | SourceVideo, prompt: str = "") -> Conditioning:
+        """Encode a session's source video (uint8 (F, H, W, 3) at the model's size, 25 fps, or one
+        already prepared) and prompt once; its first frame is the reference, as a portrait's is."""
+        source = video if isinstance(video, SourceVideo) else SourceVideo.prepare(backend, video)
         return cls(
             reference=source.reference,
             text=backend.encode_text(prompt),

@@ -21,7 +21,7 @@ from engine.clock import Clock, MonotonicClock
 from engine.config import ModelConfig
 from engine.generator import Conditioning
 from engine.models.camera import CameraMove
-from engine.redub import check_video
+from engine.redub import SourceVideo, check_video
 from engine.runtime.base import Backend
 from engine.scheduler import OutputFrame, PlaybackEvent, Scheduler
 from engine.worker import SchedulerWorker
@@ -121,10 +121,10 @@ class Session:
         options: SessionOptions | None = None,
         clock: Clock | None = None,
         *,
-        video: np.ndarray | None = None,
+        video: np.ndarray | SourceVideo | None = None,
     ) -> Session:
         """A running session animating ``portrait`` ((H, W, 3) uint8), or re-dubbing ``video``
-        ((F, H, W, 3) uint8 at 25 fps, 1-30 s) in its place: exactly one of the two. Encoding a
+        ((F, H, W, 3) uint8 at 25 fps, 1-30 s, or prepared) in its place: exactly one of the two. Encoding a
         video takes seconds, so both encodings run on a worker thread."""
         if (portrait is None) == (video is None):
             raise ValueError("a session needs a portrait or a video to re-dub, exactly one of them")
@@ -136,7 +136,7 @@ class Session:
         else:
             check_video(config)
             conditioning = await asyncio.to_thread(Conditioning.from_video, backend, video, options.prompt)
-            portrait = video[0]
+            portrait = conditioning.source.frames[0]
         session = cls(session_id, backend, config, portrait, conditioning, options, clock or MonotonicClock())
         session.worker.start()
         session._pump = asyncio.create_task(session._run(), name=f"session-{session_id}-pump")

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -25,12 +26,14 @@ import numpy as np
 from engine.clock import Clock, MonotonicClock
 from engine.config import ModelConfig
 from engine.media import read_image, read_video
-from engine.redub import MAX_SECONDS, check_source_length, check_video
+from engine.redub import MAX_SECONDS, SourceVideo, check_source_length, check_video
 from engine.runtime.base import Backend
 from engine.scheduler import OutputFrame, WindowRecord
 from stream.session import FrameHook, Session, SessionOptions
 
 log = logging.getLogger(__name__)
+
+SOURCE_CACHE = 2  # encoded re-dub sources kept for reuse, ~75 MB each at 30 s
 
 # Window compute per stage, in seconds: 1 ms (a fake or a tiny stage) to 2.5 s (a stalled GPU).
 LATENCY_BUCKETS_S: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -145,6 +148,9 @@ class SessionManager:
         self.frame_hooks: list[FrameHook] = []  # applied to every new session, in order
         self._entries: dict[str, _Entry] = {}
         self._reserved = 0  # slots held by creates still encoding their portrait
+        # Encoded re-dub sources by content: a host video is reused session after session (a
+        # reconnect, the next broadcast), and encoding it takes about as long as it plays.
+        self._sources: OrderedDict[str, SourceVideo] = OrderedDict()
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -187,10 +193,10 @@ class SessionManager:
         self._reserved += 1
         try:
             image = None if portrait is None else await self._portrait(portrait)
-            frames = None if video is None else await self._video(video)
+            source = None if video is None else await self._source(await self._video(video))
             session_id = secrets.token_urlsafe(9)  # 72 random bits: unguessable, and unique in practice
             session = await Session.create(
-                session_id, self.backend, self.config, image, options, video=frames
+                session_id, self.backend, self.config, image, options, video=source
             )
         finally:
             self._reserved -= 1
@@ -327,6 +333,18 @@ class SessionManager:
                 f"portrait must be uint8 ({height}, {width}, 3), got {portrait.dtype} {portrait.shape}"
             )
         return portrait
+
+    async def _source(self, frames: np.ndarray) -> SourceVideo:
+        """The encoded source of ``frames``, from the cache when the same video came before."""
+        key = hashlib.sha256(frames.tobytes()).hexdigest() + str(frames.shape)
+        source = self._sources.get(key)
+        if source is None:
+            source = await asyncio.to_thread(SourceVideo.prepare, self.backend, frames)
+            self._sources[key] = source
+            while len(self._sources) > SOURCE_CACHE:
+                self._sources.popitem(last=False)
+        self._sources.move_to_end(key)
+        return source
 
     async def _video(self, video: bytes | np.ndarray) -> np.ndarray:
         height, width = self.config.height, self.config.width

@@ -528,6 +528,8 @@ def test_a_session_from_a_video_upload_or_base64_redubs_it(redub: tuple[Harness,
         assert np.array_equal(source.frames, mirror_loop(decoded))
         assert np.array_equal(session.portrait, decoded[0])
     assert portrait[0]["source"] == "portrait" and portrait[2].scheduler.generator.cond.source is None
+    sources = [s.scheduler.generator.cond.source for s in (form_session, json_session)]
+    assert sources[0] is sources[1], "the same video twice is encoded once"
 
 
 def test_bad_videos_get_a_400_or_422_naming_the_field(redub: tuple[Harness, bytes], tmp_path: Path) -> None:
