@@ -81,6 +81,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
             )
         elif name == "backends":
             parser.add_argument("--rounds", type=int, help="interleaved rounds (full mode; 5)")
+        elif name == "duration":
+            parser.add_argument(
+                "--video", help="re-dub this source video (looped) instead of animating the portrait"
+            )
         parser.set_defaults(handler=run_command)
     compare = suites.add_parser("compare", help="two results side by side, as ratios B/A")
     compare.add_argument("a", help="result A (JSON)")

@@ -22,7 +22,6 @@ from engine.runtime.base import BackendUnavailable
 from engine.runtime.manifest import MANIFEST_NAME
 from engine.runtime.onnx_backend import OnnxBackend
 from engine.runtime.torch_backend import TorchBackend
-from export.onnx_export import export_onnx
 from livehuman.backends import load_backend
 from livehuman.cli import main
 from tests.test_cli import write_wav
@@ -33,16 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def model() -> LiveHumanModel:
-    return LiveHumanModel.random(get_preset("tiny"))
+def model(tiny_model: LiveHumanModel) -> LiveHumanModel:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def exported(model: LiveHumanModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model exported once for the module, float32, at the default opset."""
-    directory = tmp_path_factory.mktemp("onnx-fp32")
-    export_onnx(model, directory, precision="fp32")
-    return directory
+def exported(tiny_export: Path) -> Path:
+    """The tiny model's CPU-default export (int8 DiT), shared with the export tests."""
+    return tiny_export
 
 
 @pytest.fixture

@@ -34,15 +34,15 @@ class Rebuilt(Exception):
 
 
 @pytest.fixture(scope="module")
-def model() -> LiveHumanModel:
-    return LiveHumanModel.random(get_preset("tiny"))
+def model(tiny_model: LiveHumanModel) -> LiveHumanModel:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def cached(model: LiveHumanModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model built once for the module through the engine cache, as a server start
-    would: the CPU default (int8 DiT)."""
-    return ensure_exported(model, precision="int8", cache_dir=tmp_path_factory.mktemp("cache"))
+def cached(tiny_export: Path) -> Path:
+    """The tiny model built through the engine cache, as a server start would: the CPU default
+    (int8 DiT); shared with the backend tests."""
+    return tiny_export
 
 
 @pytest.fixture

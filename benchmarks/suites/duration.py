@@ -72,22 +72,31 @@ def state_ratio(samples: list[list[Any]], column: int, warmup_s: float) -> float
     return second / first if first else (1.0 if second == 0 else float("inf"))
 
 
-def _stream(backend: Any, config: Any, seconds: float, progress: bool) -> dict[str, Any]:
-    """Run the live scheduler for ``seconds`` of stream; per-sample RSS/state and per-frame distance."""
+def _stream(
+    backend: Any, config: Any, seconds: float, progress: bool, video: str | None = None
+) -> dict[str, Any]:
+    """Run the live scheduler for ``seconds`` of stream; per-sample RSS/state and per-frame distance.
+    With ``video``, a re-dub session: the source loops under the speech, and the distance is to
+    its first frame."""
     from engine.clock import VirtualClock
     from engine.generator import Conditioning
-    from engine.media import read_image
+    from engine.media import read_image, read_video
+    from engine.redub import MAX_SECONDS
     from engine.scheduler import Scheduler
     from engine.training.estimators import identity_distance
 
-    portrait = read_image(ASSETS / "portrait.png", config.height, config.width)
+    if video is None:
+        portrait = read_image(ASSETS / "portrait.png", config.height, config.width)
+        conditioning = Conditioning.from_portrait(backend, portrait, "")
+    else:
+        frames = read_video(video, config.height, config.width, MAX_SECONDS)
+        conditioning = Conditioning.from_video(backend, frames, "")
+        portrait = frames[0]
     voice = speech()
     cycle = len(voice) + int(PAUSE_S * RATE)
     packet = int(TICK_S * RATE)
     clock = VirtualClock()
-    scheduler = Scheduler(
-        backend, Conditioning.from_portrait(backend, portrait, ""), config, clock=clock, portrait=portrait
-    )
+    scheduler = Scheduler(backend, conditioning, config, clock=clock, portrait=portrait)
     ticks = int(round(seconds / TICK_S))
     per_sample = max(int(round(SAMPLE_S / TICK_S)), 1)
     samples: list[list[Any]] = []
@@ -135,7 +144,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
     with LoadSampler() as load:
         backend, backend_info = load_backend(options.backend, options.preset, options.threads)
         config = backend.config
-        out = _stream(backend, config, seconds, options.progress)
+        out = _stream(backend, config, seconds, options.progress, options.extra.get("video"))
     columns = ["stream_s", "rss_mb", *out["state_keys"]]
     rss = [(row[0], row[1]) for row in out["samples"]]
     after = [row for row in out["samples"] if row[0] > warmup_s]
