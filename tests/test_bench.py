@@ -263,13 +263,16 @@ def test_memory_growth_and_state_ratio_catch_a_leak_and_pass_bounded_state() -> 
 
 
 def test_duration_two_minutes_of_live_stream_keep_memory_state_and_identity_flat(
-    tmp_path, monkeypatch
-) -> None:  # noqa: ANN001
+    tmp_path,
+    monkeypatch,
+    livehuman_cache,
+    default_backend,  # noqa: ANN001
+) -> None:
     """The CI version of the 30-minute benchmark: the shipped model, live scheduler, virtual clock,
-    on the CPU's best backend (onnx int8; with its export 108 s here, against 122 s on torch)."""
+    on the CPU's best backend (onnx int8), reusing the run's export of the default model."""
     from benchmarks.cli import run_suite
 
-    monkeypatch.setenv("LIVEHUMAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LIVEHUMAN_CACHE", str(livehuman_cache))
     options = BenchOptions(
         suite="duration", preset="default", duration=120.0, out=str(tmp_path), threads=2, progress=False,
         backend="onnx",

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from engine.config import FPS, MODEL_SAMPLE_RATE
 from engine.media import read_audio, read_image
 from engine.models.camera import PRESETS, CameraMove, parse_camera, trajectory
 from engine.render import render_frames
 from engine.resample import StreamResampler
-from engine.runtime.torch_backend import TorchBackend
+from engine.runtime.base import Backend
 from engine.training.global_motion import global_motion, validate_global_motion
 from engine.weights import DEFAULT_MODEL_DIR, resolve_model
 
@@ -21,13 +20,12 @@ SECONDS = 5.0  # a move eases in over 4 s
 
 
 @pytest.fixture(scope="module")
-def backend() -> TorchBackend:
-    torch.set_num_threads(2)
-    return TorchBackend(resolve_model("default"))
+def backend(default_backend: Backend) -> Backend:
+    return default_backend
 
 
 @pytest.fixture(scope="module")
-def inputs(backend: TorchBackend) -> tuple[np.ndarray, np.ndarray]:
+def inputs(backend: Backend) -> tuple[np.ndarray, np.ndarray]:
     c = backend.config
     portrait = read_image(DEFAULT_MODEL_DIR.parent / "portrait.png", c.height, c.width)
     decoded = read_audio(DEFAULT_MODEL_DIR.parent / "hello.wav")
@@ -39,7 +37,7 @@ def inputs(backend: TorchBackend) -> tuple[np.ndarray, np.ndarray]:
 _RENDERS: dict[str, np.ndarray] = {}  # one render per move for the whole module (the inputs are fixed)
 
 
-def render(backend: TorchBackend, inputs: tuple[np.ndarray, np.ndarray], camera: str) -> np.ndarray:
+def render(backend: Backend, inputs: tuple[np.ndarray, np.ndarray], camera: str) -> np.ndarray:
     move = parse_camera(camera)
     if str(move) not in _RENDERS:
         portrait, speech = inputs
@@ -48,7 +46,7 @@ def render(backend: TorchBackend, inputs: tuple[np.ndarray, np.ndarray], camera:
 
 
 @pytest.fixture(scope="module")
-def static(backend: TorchBackend, inputs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def static(backend: Backend, inputs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return render(backend, inputs, "static")
 
 
@@ -102,7 +100,7 @@ def test_zero_intensity_is_static_and_motion_grows_with_intensity(backend, input
     assert CameraMove().is_static and len(static) == int(SECONDS * FPS)
 
 
-def _live_change_frames(backend: TorchBackend, inputs: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
+def _live_change_frames(backend: Backend, inputs: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
     """Offline scheduler with the camera changed to pan_left once the first second is out."""
     from engine.generator import Conditioning
     from engine.scheduler import Scheduler

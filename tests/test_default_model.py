@@ -13,26 +13,22 @@ tracked in issue 6, not asserted here.
 from __future__ import annotations
 
 import pytest
-import torch
 
+from engine.runtime.base import Backend
 from engine.training.evaluate import evaluate, heldout_clips
-from engine.weights import DEFAULT_MODEL, DEFAULT_MODEL_DIR, load_model
-from livehuman.backends import load_backend
+from engine.weights import DEFAULT_MODEL_DIR, load_model
 
 CLIPS = 2
 
 
 @pytest.fixture(scope="module")
-def report() -> dict:
-    threads = torch.get_num_threads()
-    try:
-        backend = load_backend("torch", DEFAULT_MODEL)
-        clips = heldout_clips(CLIPS, seed=1, max_frames=150)
-        # The prompt's effects are tests/test_prompt_model.py's, on clips of their own.
-        validation = {"clips": 2, "frames": 100}
-        return evaluate(backend, clips, steps_list=(4,), validation=validation, prompt_clips=0, redub_clips=0)
-    finally:
-        torch.set_num_threads(threads)
+def report(default_backend: Backend) -> dict:
+    clips = heldout_clips(CLIPS, seed=1, max_frames=150)
+    # The prompt's and the re-dub's effects are their own test modules', on clips of their own.
+    validation = {"clips": 2, "frames": 100}
+    return evaluate(
+        default_backend, clips, steps_list=(4,), validation=validation, prompt_clips=0, redub_clips=0
+    )
 
 
 def test_the_default_model_ships_with_the_package():
