@@ -148,8 +148,8 @@ def read_video(source: bytes | str | Path, height: int, width: int, max_seconds:
         with av.open(opened) as container:
             if not container.streams.video:
                 raise fail("no video stream")
-            for frame in container.decode(container.streams.video[0]):
-                t = float(frame.time) if frame.time is not None else (len(frames) + 1) / FPS
+            for index, frame in enumerate(container.decode(container.streams.video[0])):
+                t = float(frame.time) if frame.time is not None else index / FPS
                 first = t if previous is None else first
                 t -= first
                 if t > max_seconds:

@@ -39,7 +39,6 @@ USER_ERRORS = (
 def _render(args: argparse.Namespace) -> int:
     from engine.models.camera import check_camera, parse_camera
     from engine.prompt import check_prompt
-    from engine.redub import check_video
     from engine.render import render, with_overrides
     from livehuman.backends import load_backend
 
@@ -59,8 +58,6 @@ def _render(args: argparse.Namespace) -> int:
     camera = parse_camera(args.camera)
     check_camera(config, camera)
     check_prompt(config, args.prompt)
-    if args.video is not None:
-        check_video(config)  # before the video is decoded and the output opened
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     report = render(
         backend, args.image, args.audio, args.out,
@@ -152,11 +149,11 @@ def _eval(args: argparse.Namespace) -> int:
     redub = report["redub"]
     if redub:
         log.info(
-            "eval re-dub: PSNR %s dB (copying the source: %s), lip-sync %.3f (copying: %.3f); bars %s",
+            "eval re-dub: PSNR %s dB (copying the source: %s), lip-sync %s (copying: %s); bars %s",
             redub["psnr_db"],
             redub["copy_psnr_db"],
-            redub["lipsync_corr"],
-            redub["copy_lipsync_corr"],
+            evaluate.fmt_value(redub["lipsync_corr"]),
+            evaluate.fmt_value(redub["copy_lipsync_corr"]),
             redub["bars"],
         )
     log.info("wrote %s (%d clips, %.1f s)", args.report, len(clips), report["durations_s"])

@@ -336,7 +336,10 @@ class SessionManager:
 
     async def _source(self, frames: np.ndarray) -> SourceVideo:
         """The encoded source of ``frames``, from the cache when the same video came before."""
-        key = hashlib.sha256(frames.tobytes()).hexdigest() + str(frames.shape)
+        # Hashing 30 s of frames takes tens of ms: off the loop, like the encoding.
+        key = await asyncio.to_thread(
+            lambda: hashlib.sha256(frames.tobytes()).hexdigest() + str(frames.shape)
+        )
         source = self._sources.get(key)
         if source is None:
             source = await asyncio.to_thread(SourceVideo.prepare, self.backend, frames)

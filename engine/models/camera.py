@@ -214,7 +214,8 @@ def camera_latents(
     still = reference[0, :, 0]  # (C, h, w)
     poses = np.asarray(poses, np.float64)
     frames = still[None].expand(len(poses), -1, -1, -1) if video is None else video[0].transpose(0, 1)
-    moved = warp(frames.contiguous(), poses)  # (T, C, h, w)
-    still_pose = np.all(poses == np.asarray(IDENTITY), axis=1)
-    moved[still_pose] = frames[still_pose]  # exact, not resampling round-off
+    moved = frames.clone()  # (T, C, h, w); the identity pose is exact, not resampling round-off
+    move = ~np.all(poses == np.asarray(IDENTITY), axis=1)
+    if move.any():  # a re-dub with a static camera warps nothing, every window
+        moved[move] = warp(frames[move].contiguous(), poses[move])
     return (moved - still[None]).permute(1, 0, 2, 3)[None]

@@ -240,6 +240,17 @@ def gaze_estimate(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------- colour
 
 
+def pearson(estimate: np.ndarray, truth: np.ndarray) -> float | None:
+    """Pearson correlation. A constant estimate tells nothing about the truth: 0. None where the
+    truth is constant or there are fewer than 3 points (nothing to follow)."""
+    x, y = np.asarray(estimate, np.float64), np.asarray(truth, np.float64)
+    if len(x) < 3 or y.std() < 1e-12:
+        return None
+    if x.std() < 1e-12:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
+
+
 def rgb_to_lab(rgb_uint8: np.ndarray) -> np.ndarray:
     """sRGB (0..255, D65) -> CIE L*a*b*, float64, any leading shape."""
     c = np.asarray(rgb_uint8, np.float64) / 255.0

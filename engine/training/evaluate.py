@@ -38,6 +38,7 @@ from engine.runtime.base import Backend
 from engine.training import data, estimators, speech, visemes
 from engine.training.attribute_estimates import validate_attribute_estimators
 from engine.training.data import Clip
+from engine.training.estimators import pearson
 from engine.training.prompt_eval import OPPOSITES, prompt_effects
 from engine.training.redub_eval import redub_effects
 
@@ -226,17 +227,6 @@ def score(frames: np.ndarray, clip: Clip) -> dict[str, np.ndarray]:
         "idle": idle_mask(clip.speech_mask.astype(bool), truth),
         "identity": np.asarray(estimators.identity_distance(frames, reference), np.float64),
     }
-
-
-def pearson(estimate: np.ndarray, truth: np.ndarray) -> float | None:
-    """Pearson correlation. A constant estimate tells nothing about the truth: 0. None where the
-    truth is constant or there are fewer than 3 points (nothing to follow)."""
-    x, y = np.asarray(estimate, np.float64), np.asarray(truth, np.float64)
-    if len(x) < 3 or y.std() < 1e-12:
-        return None
-    if x.std() < 1e-12:
-        return 0.0
-    return float(np.corrcoef(x, y)[0, 1])
 
 
 def _pooled(scores: Sequence[dict[str, np.ndarray]], key: str) -> np.ndarray:
@@ -533,12 +523,12 @@ def summary(figures: dict[str, Any]) -> str:
         "motion",
         "drift_slope",
     )
-    return ", ".join(f"{k} {_fmt(figures.get(k))}" for k in keys)
+    return ", ".join(f"{k} {fmt_value(figures.get(k))}" for k in keys)
 
 
 def fmt_fraction(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
-def _fmt(value: Any) -> str:
+def fmt_value(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.config import SAMPLES_PER_FRAME
 from engine.render import render_frames, with_overrides
 from engine.runtime.base import Backend
 from engine.training import estimators
@@ -33,13 +34,14 @@ def psnr(frames: np.ndarray, truth: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
 
-def _lipsync(frames: Sequence[np.ndarray], clips: Sequence[Clip]) -> float:
-    """Pooled correlation of the estimated mouth opening with each clip's true one."""
+def _lipsync(frames: Sequence[np.ndarray], clips: Sequence[Clip]) -> float | None:
+    """Pooled correlation of the estimated mouth opening with each clip's true one (``pearson``:
+    0 for a mouth that never moves, None when the truth never does)."""
     estimate = np.concatenate(
         [estimators.mouth_opening(f, c.portrait(f.shape[1])) for f, c in zip(frames, clips, strict=True)]
     )
     truth = np.concatenate([c.track.mouth_open[: len(f)] for f, c in zip(frames, clips, strict=True)])
-    return float(np.corrcoef(estimate, truth)[0, 1])
+    return estimators.pearson(estimate, truth)
 
 
 def redub_effects(
@@ -50,14 +52,17 @@ def redub_effects(
     tick: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Clip i is re-dubbed from a source drawn with clip i+1's mouth (the next one, cyclically).
-    Clips should have an odd frame count, so the mirror loop shows the source forward throughout."""
+    Each is cut to an odd frame count, which the mirror loop keeps whole, so the output shows the
+    source forward throughout and every frame has its ground truth."""
     config = with_overrides(backend.config, steps=steps)
     size = config.height
     outputs, sources, truths = [], [], []
     for i, clip in enumerate(clips):
-        source = with_mouth_of(clip, clips[(i + 1) % len(clips)]).frames(size=size)
-        frames, _ = render_frames(backend, source[0], clip.audio, config, seed=seed, video=source)
-        n = min(len(frames), clip.num_frames)
+        odd = clip.num_frames - (1 - clip.num_frames % 2)
+        source = with_mouth_of(clip, clips[(i + 1) % len(clips)]).frames(0, odd, size)
+        audio = clip.audio[: odd * SAMPLES_PER_FRAME]
+        frames, _ = render_frames(backend, source[0], audio, config, seed=seed, video=source)
+        n = min(len(frames), odd)
         outputs.append(frames[:n])
         sources.append(source[:n])
         truths.append(clip.frames(0, n, size))
