@@ -24,6 +24,7 @@ SAMPLES_PER_LATENT = SAMPLES_PER_FRAME * FRAMES_PER_LATENT  # 2560 = 160 ms
 
 BlendMode = Literal["linear", "cosine", "none"]
 SamplerMode = Literal["x0", "euler"]
+CameraWarp = Literal["latents", "frames"]
 
 
 class ConfigError(ValueError):
@@ -127,6 +128,11 @@ class SchedulerConfig:
     # Live: how far behind the arrival of speech its first frame is presented.
     playout_delay_ms: int = 600
     color_match: bool = False
+    # Where a camera move is applied (engine.models.camera): "latents" warps the reference latents
+    # the DiT's camera branch reads, so the model renders the move (DESIGN); "frames" warps each
+    # decoded frame, exact to the sub-pixel, for models whose branch can only move content in whole
+    # latent cells (the tiny preset's 16x16 grid: 8-pixel jumps, and a handheld shake lost).
+    camera_warp: CameraWarp = "latents"
 
     @property
     def stride(self) -> int:
@@ -182,6 +188,7 @@ class ModelConfig:
             (1 <= s.steps <= len(self.sampler.timesteps), "scheduler.steps"),
             (self.dit.dim % self.dit.num_heads == 0, "dit.dim must divide by num_heads"),
             (s.blend in ("linear", "cosine", "none"), "scheduler.blend must be linear|cosine|none"),
+            (s.camera_warp in ("latents", "frames"), "scheduler.camera_warp must be latents|frames"),
             (self.dit.audio_dim == self.audio.dim, "dit.audio_dim must equal audio.dim"),
             (self.dit.text_dim == self.text.dim, "dit.text_dim must equal text.dim"),
             (s.lookahead_ms >= self.audio.context_after_frames * 1000 // FPS, "scheduler.lookahead_ms"),
@@ -255,6 +262,7 @@ def _tiny() -> ModelConfig:
         audio=AudioConfig(dim=128, num_layers=2),
         text=TextConfig(dim=64),
         sampler=SamplerConfig(shift=3.0),
+        scheduler=SchedulerConfig(camera_warp="frames"),
     )
 
 

@@ -21,7 +21,7 @@ import torch
 from engine.blend import blend_overlap, blend_weights, color_match, lab_stats
 from engine.config import FPS, FRAMES_PER_LATENT, SAMPLES_PER_FRAME, SAMPLES_PER_LATENT, ModelConfig
 from engine.models.audio import latent_audio_tokens
-from engine.models.camera import CameraPath, camera_latents
+from engine.models.camera import IDENTITY, CameraPath, camera_latents, warp_frames
 from engine.prompt import PromptPath
 from engine.redub import SourceVideo
 from engine.runtime.base import Backend, DecoderCache
@@ -136,16 +136,21 @@ class WindowGenerator:
         self.camera = CameraPath()
         self.prompt = PromptPath(conditioning.text)
         self._no_camera = torch.zeros_like(self._reference_window)
+        self._camera_in_frames = config.scheduler.camera_warp == "frames"
 
     def camera_window(self, start: int) -> torch.Tensor:
         """(1, C, W, h, w) what the camera branch reads for the window at ``start``: the re-dub
         source's latents at the matching time, or the portrait, moved by the camera, less the
-        reference; zeros for a still portrait and a static camera."""
+        reference; zeros for a still portrait and a static camera (or one applied to frames)."""
         source = self.cond.source
-        if self.camera.is_static and source is None:
+        if source is None and (self.camera.is_static or self._camera_in_frames):
             return self._no_camera
         video = None if source is None else source.window_latents(start, self.window)
-        return camera_latents(self.cond.reference, self.camera.latent_poses(start, self.window), video)
+        if self._camera_in_frames:
+            poses = np.tile(IDENTITY, (self.window, 1))  # the move is applied to the frames instead
+        else:
+            poses = self.camera.latent_poses(start, self.window)
+        return camera_latents(self.cond.reference, poses, video)
 
     # --- the audio a window needs --------------------------------------------------------------
     def audio_span(self, start: int) -> tuple[int, int]:
@@ -281,7 +286,8 @@ class WindowGenerator:
 
     def _to_pixels(self, frames: list[torch.Tensor], first_frame: int) -> np.ndarray:
         """Decoder output chunks (4, H, W, 3) in [-1, 1] from stream frame ``first_frame`` on ->
-        uint8, colour-matched if configured, composited onto a re-dub source."""
+        uint8, colour-matched if configured, composited onto a re-dub source, moved by the camera
+        when it applies to frames (after compositing: the camera moves the whole picture)."""
         if not frames:
             return np.zeros((0, self.config.height, self.config.width, 3), np.uint8)
         rgb = ((torch.cat(frames) + 1.0) / 2.0).clamp(0, 1)
@@ -290,4 +296,6 @@ class WindowGenerator:
         pixels = to_uint8(rgb)
         if self.cond.source is not None:
             pixels = self.cond.source.composite(pixels, first_frame)
+        if self._camera_in_frames and not self.camera.is_static:
+            pixels = warp_frames(pixels, self.camera.poses(np.arange(first_frame, first_frame + len(pixels))))
         return pixels

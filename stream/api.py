@@ -64,7 +64,8 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "status": "ok",
-            "model": config.name,
+            "model": request.app[CONFIG_KEY].model,
+            "architecture": config.name,
             "width": config.width,
             "height": config.height,
             "fps": FPS,

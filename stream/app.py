@@ -66,6 +66,9 @@ class ServerConfig:
     # Draw each frame's index in a corner and mark the audio, so a client can tie every frame to
     # the audio that drove it (the latency benchmarks).
     bench_stamp: bool = False
+    # What ``--preset`` named (the shipped model, a preset or a directory): what /v1/health reports,
+    # since the model's own config only knows its architecture ("tiny" for every shipped model).
+    model: str = "default"
 
     @property
     def max_json_bytes(self) -> int:

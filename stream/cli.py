@@ -161,6 +161,7 @@ def _server(args: argparse.Namespace) -> tuple[ServerConfig, Backend, ModelConfi
         ice_hosts=tuple(args.ice_hosts),
         ice_servers=tuple(args.ice_server),
         bench_stamp=args.bench_stamp,
+        model=str(args.preset),
     )
     backend = load_backend(args.backend, args.preset)
     model_config = with_overrides(

@@ -1,8 +1,10 @@
-"""A live change made mid-stream, seen at the DiT's input: shared by the camera and prompt tests."""
+"""A live change made mid-stream, seen at the DiT's input and in the frames: shared by the camera
+and prompt tests."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -15,13 +17,24 @@ from engine.scheduler import Scheduler
 from tests.test_scheduler import tone
 
 
-def dit_inputs_around_a_change(
-    argument: int, change: Callable[[Scheduler, TorchBackend], None], seconds: float = 3.0
-) -> tuple[list[torch.Tensor], int, ModelConfig]:
-    """The random tiny model through the offline scheduler, recording DiT input ``argument`` of every
-    call, with ``change(scheduler, backend)`` made after three windows. Returns (the inputs, how
-    many calls came before the change, the config)."""
-    config = get_preset("tiny")
+class LiveChange(NamedTuple):
+    inputs: list[torch.Tensor]  # the recorded DiT input of every call
+    before: int  # calls made before the change
+    config: ModelConfig
+    frames: np.ndarray  # (F, H, W, 3) every frame released
+    scheduler: Scheduler
+
+
+def around_a_change(
+    argument: int,
+    change: Callable[[Scheduler, TorchBackend], None] | None,
+    seconds: float = 3.0,
+    config: ModelConfig | None = None,
+) -> LiveChange:
+    """The random tiny model (or ``config``'s) through the offline scheduler, recording DiT input
+    ``argument`` of every call, with ``change(scheduler, backend)`` made after three windows (none
+    when ``change`` is None: the same run unchanged, to compare with)."""
+    config = config or get_preset("tiny")
     backend = TorchBackend(LiveHumanModel.random(config))
     recorded: list[torch.Tensor] = []
     dit_step = backend.dit_step
@@ -35,11 +48,13 @@ def dit_inputs_around_a_change(
     scheduler = Scheduler(backend, Conditioning.from_portrait(backend, portrait), config)
     scheduler.push_audio(tone(seconds), 16000)
     scheduler.end_input()
+    frames = []
     for _ in range(3):
         scheduler.work()
     before = len(recorded)
-    change(scheduler, backend)
+    if change is not None:
+        change(scheduler, backend)
     while not scheduler.done:
         scheduler.work()
-        scheduler.release()
-    return recorded, before, config
+        frames += [f.rgb for f in scheduler.release()]
+    return LiveChange(recorded, before, config, np.stack(frames), scheduler)

@@ -83,7 +83,7 @@ class Harness:
 
 @pytest.fixture(scope="module")
 def server() -> Harness:
-    harness = Harness(FakeBackend(CONFIG))
+    harness = Harness(FakeBackend(CONFIG), model="some/model-dir")
     yield harness
     harness.close()
 
@@ -112,6 +112,7 @@ def test_health_and_the_openapi_document_cover_every_route(server: Harness) -> N
     health, document = server.run(main())
     assert health["status"] == "ok" and health["sessions"] == 0 and health["max_sessions"] == 3
     assert health["capabilities"] == {"camera": False, "prompt": False, "video": False}
+    assert health["model"] == "some/model-dir" and health["architecture"] == CONFIG.name  # served, built
     assert document["openapi"].startswith("3.")
     documented = {re.sub(r"{\w+}", "{}", path): methods for path, methods in document["paths"].items()}
     for route in server.app.router.routes():

@@ -3,12 +3,15 @@ mixing, a live change without a jump, and the warp the branch reads."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from engine.config import FPS, ConfigError, get_preset
 from engine.models.camera import (
+    IDENTITY,
     PRESETS,
     CameraMove,
     CameraPath,
@@ -17,6 +20,7 @@ from engine.models.camera import (
     parse_camera,
     trajectory,
     warp,
+    warp_frames,
 )
 
 SECONDS = 6
@@ -129,10 +133,12 @@ def test_a_model_without_the_branch_refuses_a_move_in_one_line() -> None:
 
 
 def test_a_live_change_reaches_the_dit_from_the_next_windows_first_new_latent() -> None:
-    from tests.live_change import dit_inputs_around_a_change
+    from tests.live_change import around_a_change
 
-    cameras, before, config = dit_inputs_around_a_change(
-        5, lambda scheduler, _: scheduler.set_camera(parse_camera("pan_left")), seconds=2.0
+    tiny = get_preset("tiny")
+    latents = dataclasses.replace(tiny, scheduler=dataclasses.replace(tiny.scheduler, camera_warp="latents"))
+    cameras, before, config, _, _ = around_a_change(
+        5, lambda scheduler, _: scheduler.set_camera(parse_camera("pan_left")), seconds=2.0, config=latents
     )
     O = config.scheduler.overlap
     assert all(torch.equal(c, torch.zeros_like(c)) for c in cameras[:before]), "static until the change"
@@ -142,3 +148,18 @@ def test_a_live_change_reaches_the_dit_from_the_next_windows_first_new_latent() 
     )
     assert first_after[:, :, O:].abs().max() > 0, "the first new latent moves"
     assert cameras[-1].abs().max() > first_after.abs().max(), "and the move eases in"
+
+
+def test_a_camera_on_frames_moves_exactly_the_frames_after_the_change_and_not_the_dit_input() -> None:
+    """The tiny preset applies the camera to decoded frames: the DiT sees no camera at all, so the
+    moved run is the unchanged run's frames, each warped by its pose from the change on."""
+    from tests.live_change import around_a_change
+
+    assert get_preset("tiny").scheduler.camera_warp == "frames"
+    unchanged = around_a_change(5, None, seconds=2.0)
+    moved = around_a_change(5, lambda scheduler, _: scheduler.set_camera(parse_camera("pan_left")), 2.0)
+    assert all(torch.equal(c, torch.zeros_like(c)) for c in moved.inputs)
+    poses = moved.scheduler.generator.camera.poses(np.arange(len(moved.frames)))
+    first_moved = int(np.argmax(~np.all(poses == IDENTITY, axis=1)))
+    assert first_moved >= 8 and np.abs(poses[-1, 1]) > 0.01, "frames already made keep their camera"
+    assert np.array_equal(moved.frames, warp_frames(unchanged.frames, poses))

@@ -1,6 +1,8 @@
-"""The shipped model's trained camera branch, read back from its video by a global-motion estimate
-(validated first on the renderer's own camera moves): each preset moves the picture its stated
-way by roughly its stated amount, 0% is static exactly, and motion grows with intensity."""
+"""The shipped model's camera, read back from its video by a global-motion estimate (validated
+first on the renderer's own camera moves): each preset moves the picture its stated way by roughly
+its stated amount, 0% is static exactly, motion grows with intensity, a live pan glides and a
+handheld shake is the one asked for. The default model applies moves to its decoded frames
+(``scheduler.camera_warp``), since its branch moved content only in whole latent cells."""
 
 from __future__ import annotations
 
@@ -63,7 +65,8 @@ def test_the_estimator_reads_the_renderers_camera_moves() -> None:
 
 
 def test_the_shipped_model_declares_a_camera() -> None:
-    assert resolve_model("default").config.capabilities.camera
+    config = resolve_model("default").config
+    assert config.capabilities.camera and config.scheduler.camera_warp == "frames"
 
 
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p not in ("static", "handheld")])
@@ -81,14 +84,16 @@ def test_each_preset_moves_the_picture_its_stated_way(backend, inputs, static, p
         assert 0.4 < got / want[axis] < 1.6, (got, want)
 
 
-def test_handheld_never_drifts(backend, inputs, static) -> None:  # noqa: ANN001
-    """Handheld asks for a ~1% shake (about 1.3 pixels here); the default model's branch does not
-    reproduce it (measured: under 0.03% of the frame, on a 16x16 latent grid), so what holds is
-    the part that matters on a long stream: the picture never wanders."""
+def test_handheld_shakes_the_way_its_trajectory_says_and_never_drifts(backend, inputs, static) -> None:  # noqa: ANN001
+    """Handheld asks for a ~1% shake (about 1.3 pixels here), which the default model's camera,
+    applied to its frames, reproduces; on a long stream the picture never wanders."""
     frames = render(backend, inputs, "handheld")
-    poses = np.array([global_motion(static[i], frames[i]) for i in range(0, len(frames), 10)])
-    assert np.abs(poses[:, 1:]).max() < 0.02, poses
-    assert np.abs(np.log(poses[:, 0])).max() < 0.03, poses
+    sampled = np.arange(0, len(frames), 5)
+    got = np.array([global_motion(static[i], frames[i]) for i in sampled])
+    want = trajectory(parse_camera("handheld"), len(frames))[sampled]
+    assert np.abs(got[:, 1:] - want[:, 1:]).max() < 0.5 / 128, (got, want)  # within half a pixel
+    assert np.abs(got[:, 1]).max() > 1.0 / 128, got  # a visible shake, not nothing
+    assert np.abs(got[:, 1:]).max() < 0.02 and np.abs(np.log(got[:, 0])).max() < 0.03, got
 
 
 def test_zero_intensity_is_static_and_motion_grows_with_intensity(backend, inputs, static) -> None:  # noqa: ANN001
@@ -139,11 +144,8 @@ def test_a_live_change_applies_from_the_next_window_and_pans_the_way_asked(live_
     assert x[-1] > 0.06 and (np.diff(x) > -0.01).all(), x  # the scene moves right, never back
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the default model's branch moves the picture in whole latent cells (8 px steps at 128 px) "
-    "instead of gliding; measured: two 8 px jumps over a 4 s pan",
-)
 def test_a_live_pan_glides_without_jumps(live_change) -> None:  # noqa: ANN001
+    """The tiny DiT's own branch moved content in whole latent cells (8-pixel jumps over a 4 s pan);
+    the default model applies the camera to its frames (``scheduler.camera_warp``)."""
     _, x = live_change
     assert np.abs(np.diff(x)).max() * 128 < 3.0, x * 128  # under 3 px per 4 frames

@@ -59,7 +59,7 @@ def test_a_prompt_needs_prompt_control_and_must_fit_the_encoder() -> None:
 
 
 def test_a_live_prompt_reaches_the_dit_from_the_next_window_and_eases() -> None:
-    from tests.live_change import dit_inputs_around_a_change
+    from tests.live_change import around_a_change
 
     prompts = {}
 
@@ -67,7 +67,7 @@ def test_a_live_prompt_reaches_the_dit_from_the_next_window_and_eases() -> None:
         prompts.update(old=backend.encode_text(""), new=backend.encode_text("smiling"))
         scheduler.set_prompt(prompts["new"])
 
-    texts, before, config = dit_inputs_around_a_change(4, change)
+    texts, before, config, _, _ = around_a_change(4, change)
     old, new = prompts["old"], prompts["new"]
     steps = config.scheduler.steps
     assert all(torch.equal(t, old) for t in texts[:before]), "the old prompt until the change"

@@ -128,10 +128,15 @@ def test_each_window_reads_the_source_at_its_time(backend: TorchBackend, conditi
     for start in (0, 5, source.num_latents - 1):
         expected = source.window_latents(start, 2) - conditioning.reference
         assert torch.allclose(generator.camera_window(start), expected)
-    # A camera move on top moves the source's latents; a portrait session reads zeros when static.
+    # A camera move on top moves the decoded frames (the tiny preset's camera_warp), leaving the
+    # source's latents as they are, or moves the latents where the model renders it.
     generator.camera.change(parse_camera("pan_left"), 0)
+    assert torch.allclose(generator.camera_window(30), source.window_latents(30, 2) - conditioning.reference)
+    latents = dataclasses.replace(TINY, scheduler=dataclasses.replace(TINY.scheduler, camera_warp="latents"))
+    rendered = WindowGenerator(backend, conditioning, latents)
+    rendered.camera.change(parse_camera("pan_left"), 0)
     assert not torch.allclose(
-        generator.camera_window(30), source.window_latents(30, 2) - conditioning.reference
+        rendered.camera_window(30), source.window_latents(30, 2) - conditioning.reference
     )
     portrait = WindowGenerator(backend, Conditioning.from_portrait(backend, moving_video(1)[0]), TINY)
     assert not portrait.camera_window(3).any()

@@ -9,9 +9,15 @@ rises) moves it down.
 
 Depth-free: the whole picture is scaled about its centre and shifted, one affine map. A portrait's
 depth range is small against the camera distance, so the missing parallax is a small error, and
-the same map is cheap enough to apply to latents every window. The warp runs in latent space
-(the tiny VAE's latents are a 16x16 grid whose colour shortcut makes them an image): no VAE
-encode per window; poses and warp took 0.53 ms per window on the 2-core CPU.
+the same map is cheap enough to apply every window. Where it applies is the model config's
+``scheduler.camera_warp``:
+
+- "latents" (DESIGN's ControlNet path): the warp runs in latent space (the tiny VAE's latents are
+  a 16x16 grid whose colour shortcut makes them an image), no VAE encode per window, and the DiT's
+  branch renders the move; poses and warp took 0.53 ms per window on the 2-core CPU.
+- "frames": each decoded frame is warped (``warp_frames``). The tiny preset's default, because its
+  trained branch only moves content in whole latent cells: a pan came out as two 8-pixel jumps
+  over 4 s, and the ~1% handheld shake as nothing. The branch still reads a re-dub source video.
 
 Moves ease in over ``MOVE_S`` and then hold, so hours of streaming stay framed. Poses are a pure
 function of (move, frame, where the move started from), so a live change eases from the pose on
@@ -202,6 +208,20 @@ def warp(images: torch.Tensor, poses: np.ndarray) -> torch.Tensor:
     theta[:, 1, 2] = -2.0 * y / zoom
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def warp_frames(frames: np.ndarray, poses: np.ndarray) -> np.ndarray:
+    """Warp uint8 frames (N, H, W, 3) by ``poses`` (N, 3) as ``warp`` does; frames at the identity
+    pose come back untouched (bit-exact, not resampled)."""
+    poses = np.asarray(poses, np.float64)
+    move = ~np.all(poses == np.asarray(IDENTITY), axis=1)
+    if not move.any():
+        return frames
+    out = frames.copy()
+    images = torch.from_numpy(frames[move]).permute(0, 3, 1, 2).float()
+    moved = warp(images, poses[move]).round().clamp(0, 255).to(torch.uint8)
+    out[move] = moved.permute(0, 2, 3, 1).numpy()
+    return out
 
 
 def camera_latents(
