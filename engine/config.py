@@ -95,6 +95,9 @@ class DiTConfig:
     eps: float = 1e-6
     # Reserved, zero-initialised inputs so later features fine-tune instead of retraining.
     num_attributes: int = 8
+    # Audio tokens per latent (the audio config's context before + 4 frames + context after):
+    # each slot has a learned position, so the DiT knows which frame a token belongs to.
+    audio_tokens: int = 8
 
     @property
     def in_channels(self) -> int:
@@ -190,6 +193,11 @@ class ModelConfig:
             (s.blend in ("linear", "cosine", "none"), "scheduler.blend must be linear|cosine|none"),
             (s.camera_warp in ("latents", "frames"), "scheduler.camera_warp must be latents|frames"),
             (self.dit.audio_dim == self.audio.dim, "dit.audio_dim must equal audio.dim"),
+            (
+                self.dit.audio_tokens
+                == self.audio.context_before_frames + FRAMES_PER_LATENT + self.audio.context_after_frames,
+                "dit.audio_tokens must equal audio.context_before_frames + 4 + context_after_frames",
+            ),
             (self.dit.text_dim == self.text.dim, "dit.text_dim must equal text.dim"),
             (s.lookahead_ms >= self.audio.context_after_frames * 1000 // FPS, "scheduler.lookahead_ms"),
             (

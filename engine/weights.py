@@ -2,6 +2,7 @@
 
 Loading is strict: a checkpoint that does not match the model exactly is an error that lists
 the missing and unexpected keys, because a silently half-loaded model renders plausible garbage.
+The one exception is ``ADDED_LATER``: zero-initialised parameters whose zero is the old model.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -26,6 +28,9 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default_model"
 # moves the unprompted output too (lip-sync and identity measured slightly worse), so the default
 # stays the model for plain speech and this one is the opt-in for prompts.
 PROMPT_MODEL = "default-prompt"
+# Zero-initialised parameters added after models were trained and shipped; a weights file without
+# them loads with that zero, which leaves the model exactly as trained (WanDiT.init_weights).
+ADDED_LATER = ("dit.audio_position",)
 SHIPPED_MODELS = {DEFAULT_MODEL: DEFAULT_MODEL_DIR, PROMPT_MODEL: DEFAULT_MODEL_DIR.parent / "prompt_model"}
 
 
@@ -51,6 +56,9 @@ def load_model(directory: str | Path) -> LiveHumanModel:
     except (OSError, SafetensorError) as exc:
         raise WeightsError(f"weights file '{path}': cannot be read ({exc})") from exc
     expected = model.state_dict()
+    for key in ADDED_LATER:  # weights saved before these existed: their zero start, the old model
+        if key not in state and key in expected:
+            state[key] = torch.zeros_like(expected[key])
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:

@@ -143,3 +143,18 @@ def test_smoke_training_run_saves_a_loadable_model_and_resumes_as_done(tmp_path)
 def test_the_full_plan_distils_a_teacher_of_at_least_40_steps_into_4_2_1():
     assert PLANS["full"].distill.teacher_steps >= 40
     assert set(STUDENT_STEPS) == {4, 2, 1}
+
+
+def test_the_lipsync_stage_teaches_an_old_model_audio_positions_and_touches_only_its_audio_path(tmp_path):
+    from engine.training.pipeline import finetune
+    from engine.weights import save_model
+
+    old = LiveHumanModel.random(get_preset("tiny"), seed=2)  # positions at zero: an older model
+    save_model(old, tmp_path / "old")
+    out = finetune(tmp_path / "old", tmp_path / "run", PLANS["smoke"], addons=("lipsync",))
+    new = load_model(out)
+    assert new.dit.audio_position.abs().max() > 0 and new.config == old.config
+    changed = {k for k, v in new.state_dict().items() if not torch.equal(v, old.state_dict()[k])}
+    assert changed and all(k.startswith(("dit.audio_", "audio.")) or ".audio_attn." in k for k in changed)
+    again = finetune(out, tmp_path / "again", PLANS["smoke"], addons=("lipsync",))  # nothing lacks
+    assert torch.equal(load_model(again).dit.audio_position, new.dit.audio_position)

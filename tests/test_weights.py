@@ -63,3 +63,14 @@ def test_both_shipped_models_resolve_by_name_and_anything_else_is_one_line() -> 
     assert load_model(resolve_model_dir("default-prompt")).config.capabilities.prompt
     with pytest.raises(WeightsError, match="^model 'nowhere': no model.safetensors there .*default-prompt"):
         resolve_model_dir("nowhere")
+
+
+def test_weights_from_before_the_audio_positions_load_as_the_model_they_were(saved, tmp_path) -> None:  # noqa: ANN001
+    model, directory = saved
+    state = load_file(str(directory / WEIGHTS_NAME))
+    assert not state.pop("dit.audio_position").any()  # a fresh model's positions start at zero
+    (tmp_path / "config.json").write_text((directory / "config.json").read_text())
+    save_file(state, str(tmp_path / WEIGHTS_NAME))
+    loaded = load_model(tmp_path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

@@ -203,6 +203,9 @@ class WanDiT(nn.Module):
         self.audio_embedding = nn.Sequential(
             nn.Linear(cfg.audio_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
         )
+        # Where each of a latent's audio tokens sits (before, its 4 frames, after): attention over
+        # keys is blind to their order, so without it the mouth cannot follow the frames.
+        self.audio_position = nn.Parameter(torch.zeros(cfg.audio_tokens, dim))
         self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.attribute_embedding = nn.Linear(cfg.num_attributes, dim)
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
@@ -233,6 +236,7 @@ class WanDiT(nn.Module):
         for p in (
             *self.camera_projections.parameters(),
             *self.attribute_embedding.parameters(),
+            self.audio_position,
             *(p for block in self.blocks for p in block.audio_attn.o.parameters()),
             self.head.head.weight,
         ):
@@ -270,7 +274,7 @@ class WanDiT(nn.Module):
 
         # 3. embed the contexts once for all blocks
         text = self.text_embedding(text)  # (B, S, D)
-        audio = self.audio_embedding(audio)  # (B, T', N, D)
+        audio = self.audio_embedding(audio) + self.audio_position  # (B, T', N, D)
 
         # 4. window-relative 3D RoPE
         rope = rope_3d(Tp, hp, wp, self.cfg.dim // self.cfg.num_heads, device=x.device)

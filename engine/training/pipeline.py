@@ -38,6 +38,7 @@ from engine.training.dit_stage import (
     dit_step_fn,
     probe_correlation,
 )
+from engine.training.lipsync_stage import LipsyncTrainConfig, freeze_all_but_audio_path, lipsync_step_fn
 from engine.training.prompt_stage import (
     PromptClip,
     PromptTrainConfig,
@@ -59,7 +60,7 @@ from engine.weights import load_model, save_model
 
 log = logging.getLogger(__name__)
 
-ADDONS = ("camera", "video", "prompt")  # fine-tune stages, in the order they run
+ADDONS = ("lipsync", "camera", "video", "prompt")  # fine-tune stages, in the order they run
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class TrainPlan:
     vae: VAETrainConfig = field(default_factory=VAETrainConfig)
     dit: DiTTrainConfig = field(default_factory=DiTTrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    lipsync: LipsyncTrainConfig = field(default_factory=LipsyncTrainConfig)
     camera: CameraTrainConfig = field(default_factory=CameraTrainConfig)
     video: RedubTrainConfig = field(default_factory=RedubTrainConfig)
     prompt: PromptTrainConfig = field(default_factory=PromptTrainConfig)
@@ -89,6 +91,7 @@ PLANS = {
         vae=VAETrainConfig(steps=12, batch=2, crop=32),
         dit=DiTTrainConfig(audio_steps=10, steps=30, batch=4),
         distill=DistillConfig(teacher_steps=4, trajectories=8, chunk=4, steps=6, batch=4),
+        lipsync=LipsyncTrainConfig(clips=3, steps=6, batch=2),
         camera=CameraTrainConfig(clips=2, steps=6, batch=2),
         video=RedubTrainConfig(clips=2, frames=21, steps=6, batch=2),
         prompt=PromptTrainConfig(clips=2, frames=21, steps=6, batch=2),
@@ -226,7 +229,8 @@ def finetune(
     model_dir: Path, out_dir: Path, plan: TrainPlan, seed: int = 0, addons: tuple[str, ...] = ADDONS
 ) -> Path:
     """The add-on stages of ``addons`` a trained model lacks, in ``ADDONS`` order, each with the
-    rest of the model frozen: the camera branch (clips with camera moves), re-dubbing a video
+    rest of the model frozen: lip-sync (the audio path with its token positions, for a model
+    trained before they existed), the camera branch (clips with camera moves), re-dubbing a video
     (the same branch, on source/re-dub pairs), prompt control (clips rendered with and without
     the prompt's attributes). Writes ``OUT/model``, which declares the capabilities; resumable."""
     unknown = sorted(set(addons) - set(ADDONS))
@@ -237,15 +241,27 @@ def finetune(
     progress = _Progress()
     model = load_model(model_dir)
     given = model.config.capabilities
-    stages = {"camera": _train_camera, "video": _train_video, "prompt": _train_prompt}
+    stages = {
+        "lipsync": _train_lipsync,
+        "camera": _train_camera,
+        "video": _train_video,
+        "prompt": _train_prompt,
+    }
     for name in ADDONS:
-        if name in addons and not getattr(model.config.capabilities, name):
+        if name in addons and _lacks(model, name):
             model = _addon_stage(name, stages[name], model, out_dir, plan, seed, state, progress)
     progress.close()
     target = out_dir / "model"
     if model.config.capabilities != given or model_dir.resolve() != target.resolve():
         save_model(model, target)
     return target
+
+
+def _lacks(model: LiveHumanModel, addon: str) -> bool:
+    """Lip-sync is missing while the audio positions are still zero; the rest are capabilities."""
+    if addon == "lipsync":
+        return not bool(model.dit.audio_position.detach().any())
+    return not getattr(model.config.capabilities, addon)
 
 
 def _with_capability(model: LiveHumanModel, **flags: bool) -> LiveHumanModel:
@@ -268,13 +284,16 @@ def _addon_stage(
     progress: _Progress,
 ) -> LiveHumanModel:
     """One add-on stage: when done, the model it saved; else ``train`` fine-tunes ``model`` in place
-    (returning its final losses) and the result is saved declaring the capability ``name``."""
+    (returning its final losses) and the result is saved declaring the capability ``name`` (if
+    it is one)."""
     path = out_dir / "stages" / name
     if state.done(name):
         return load_model(path)
     t0 = time.perf_counter()
     tail = train(model, out_dir, plan, seed, progress)
-    save_model(_with_capability(model, **{name: True}), path)
+    if hasattr(model.config.capabilities, name):
+        model = _with_capability(model, **{name: True})
+    save_model(model, path)
     state.record(name, seconds=round(time.perf_counter() - t0, 1), **tail)
     return model
 
@@ -291,6 +310,25 @@ def _camera_clips(
     )  # fmt: skip
     clips = list(data.iter_clips(camera_dir, "train"))
     return _encoded(out_dir, model, clips, "camera", plan.encode_frames, progress)
+
+
+def _train_lipsync(
+    model: LiveHumanModel, out_dir: Path, plan: TrainPlan, seed: int, progress: _Progress
+) -> dict[str, float]:
+    cfg = plan.lipsync
+    data_dir = out_dir / "lipsync_data"  # the DiT stage's portrait clip recipes, for the same seed
+    data.generate(
+        data_dir, {"train": cfg.clips}, seed=seed, camera_fraction=0.0,
+        progress=lambda d, t: progress("data", d, t),
+    )  # fmt: skip
+    clips = [c for c in data.iter_clips(data_dir, "train") if c.meta["camera"]["preset"] == "static"]
+    encoded = _encoded(out_dir, model, clips, "lipsync", plan.encode_frames, progress)
+    opt = torch.optim.AdamW(freeze_all_but_audio_path(model, cfg.train_encoder), lr=cfg.lr, weight_decay=0.0)
+    return run_stage(
+        out_dir, "lipsync", {"dit": model.dit, "audio": model.audio}, opt, cfg.steps,
+        lipsync_step_fn(model, encoded, model.config, cfg, seed),
+        cosine_lr(cfg.lr, cfg.steps, warmup=20), progress=progress,
+    )  # fmt: skip
 
 
 def _train_camera(
