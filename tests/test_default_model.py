@@ -2,11 +2,11 @@
 the real streaming scheduler.
 
 What these tests guard is what the shipped model does today (measured in
-benchmarks/results/quality-student-*.json): a face of the held-out identity that keeps its colours,
+benchmarks/results/quality-default-*.json): a face of the held-out identity that keeps its colours,
 a mouth that stays closed in pauses (with digital silence and with noise 20 dB below the speech),
 and a mouth that follows the speech far better than chance. The issue's lip-sync bars (corr 0.9 /
-0.85 on speech frames) and seam bar (1.15) are NOT met yet: this model scores about 0.58 / 0.28
-and a seam ratio of about 2.5, below a loudness-driven mouth (about 0.69 / 0.40). They are
+0.85 on speech frames) and seam bar (1.15) are NOT met yet: this model scores about 0.71 / 0.41
+and a seam ratio of about 2.4, level with a loudness-driven mouth (about 0.69 / 0.40). They are
 tracked in issue 6, not asserted here.
 """
 
@@ -40,7 +40,9 @@ def test_the_default_model_ships_with_the_package():
 
 def test_the_mouth_follows_held_out_speech_far_better_than_chance(report):
     figures = report["steps"]["4"]
-    assert figures["lipsync_corr"] >= 0.4, figures  # random weights score about 0
+    # Random weights score about 0; the shipped model 0.76 on these clips (torch), 0.58 before its
+    # lip-sync stage taught the DiT where each audio token sits.
+    assert figures["lipsync_corr"] >= 0.65, figures
     assert figures["speech_open_frac"] >= 0.2, figures  # it opens on speech, not only stays shut
 
 

@@ -53,10 +53,9 @@ def test_copying_the_source_unchanged_passes_psnr_and_fails_lip_sync(effects: di
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the mouth follows the new speech, but not to the 0.8 bar: lip-sync 0.45 over 4 held-out "
-    "clips (copying the source: 0.01), limited by the model's own audio-to-mouth mapping (0.60 "
-    "from a still portrait, issue 6) "
-    "and the tiny VAE's round trip (0.82 on ground truth)",
+    reason="the mouth follows the new speech, but not to the 0.8 bar: lip-sync 0.56 over 4 held-out "
+    "clips (copying the source: 0.01), limited by the model's own audio-to-mouth mapping (0.71 "
+    "from a still portrait, issue 6) and the tiny VAE, which loses the mouth within a latent",
 )
 def test_the_mouth_follows_the_new_speech_to_the_bar(effects: dict) -> None:
     assert effects["lipsync_corr"] >= LIPSYNC_BAR, effects
@@ -64,10 +63,16 @@ def test_the_mouth_follows_the_new_speech_to_the_bar(effects: dict) -> None:
 
 def test_the_loop_point_is_seamless(backend: TorchBackend, clips: list) -> None:
     """A 1.4 s source under 3 s of speech: the output passes the mirror's turn and its wrap-around;
-    the picture changes there no more than between any other two frames."""
+    outside the mouth (which follows the new speech, whatever the loop does) the picture changes
+    there no more than between any other two frames."""
     source = with_mouth_of(clips[0], clips[1]).frames(0, 35)
     frames, _ = render_frames(backend, source[0], clips[0].audio[: 3 * 16_000], video=source)
-    steps = np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))  # step i: frame i -> i+1
+    changes = np.abs(np.diff(frames.astype(np.int16), axis=0))  # change i: frame i -> i+1
+    boxes = np.array([clips[0].mouth_box(i, frames.shape[1]) for i in range(len(source))])
+    y0, x0 = boxes[:, [0, 2]].min(axis=0) - 4
+    y1, x1 = boxes[:, [1, 3]].max(axis=0) + 4
+    changes[:, max(y0, 0) : y1, max(x0, 0) : x1] = 0
+    steps = changes.mean(axis=(1, 2, 3))
     period = len(mirror_loop(source))
     turns = [t - 1 for t in range(1, len(frames)) if t % period in (0, len(source) - 1)]
     assert len(turns) == 2 and period < 3 * FPS
