@@ -62,18 +62,27 @@ def live_sigmas(config: ModelConfig) -> list[float]:
     return sorted({s for steps in STUDENT_STEPS for s in sampler.sigmas(steps)})
 
 
-def camera_step_fn(
-    model: LiveHumanModel, encoded: list[EncodedClip], config: ModelConfig, cfg: CameraTrainConfig, seed: int
+def live_step_fn(
+    model: LiveHumanModel,
+    encoded: list[EncodedClip],
+    config: ModelConfig,
+    batch_size: int,
+    mouth_weight: float,
+    seed: int,
+    stage: str,
+    train_audio_encoder: bool = False,
 ) -> Callable[[int], dict[str, float]]:
+    """A fine-tune step on portrait windows: flow matching at the live sampler's noise levels. The
+    camera and lip-sync stages differ only in which parameters they leave trainable."""
     sigmas = np.array(live_sigmas(config))
 
     def step(step_index: int) -> dict[str, float]:
-        rng, gen = step_rng(seed, "camera", step_index)
-        items = sample_items(encoded, rng, cfg.batch, config.scheduler.window)
-        batch = window_batch(encoded, items, config, cfg.mouth_weight, 0.0, gen)
-        with torch.no_grad():
+        rng, gen = step_rng(seed, stage, step_index)
+        items = sample_items(encoded, rng, batch_size, config.scheduler.window)
+        batch = window_batch(encoded, items, config, mouth_weight, 0.0, gen)
+        with torch.set_grad_enabled(train_audio_encoder):
             _, tokens = audio_tokens(model, batch, config)
-        sigma = torch.tensor(rng.choice(sigmas, size=cfg.batch), dtype=torch.float32)
+        sigma = torch.tensor(rng.choice(sigmas, size=batch_size), dtype=torch.float32)
         loss = flow_matching_loss(model, batch, tokens, gen, sigma)
         loss.backward()
         return {"loss": float(loss.detach())}

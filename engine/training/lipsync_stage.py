@@ -18,19 +18,11 @@ steps, make most of the gain.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-import torch
 from torch import nn
 
-from engine.config import ModelConfig
 from engine.models.livehuman import LiveHumanModel
-from engine.training.camera_stage import live_sigmas
-from engine.training.dit_stage import flow_matching_loss
-from engine.training.stage import step_rng
-from engine.training.windows import EncodedClip, audio_tokens, sample_items, window_batch
 
 
 @dataclass(frozen=True)
@@ -64,22 +56,3 @@ def freeze_all_but_audio_path(model: LiveHumanModel, train_encoder: bool) -> lis
     for p in params:
         p.requires_grad_(True)
     return params
-
-
-def lipsync_step_fn(
-    model: LiveHumanModel, encoded: list[EncodedClip], config: ModelConfig, cfg: LipsyncTrainConfig, seed: int
-) -> Callable[[int], dict[str, float]]:
-    sigmas = np.array(live_sigmas(config))
-
-    def step(step_index: int) -> dict[str, float]:
-        rng, gen = step_rng(seed, "lipsync", step_index)
-        items = sample_items(encoded, rng, cfg.batch, config.scheduler.window)
-        batch = window_batch(encoded, items, config, cfg.mouth_weight, 0.0, gen)
-        with torch.set_grad_enabled(cfg.train_encoder):
-            _, tokens = audio_tokens(model, batch, config)
-        sigma = torch.tensor(rng.choice(sigmas, size=cfg.batch), dtype=torch.float32)
-        loss = flow_matching_loss(model, batch, tokens, gen, sigma)
-        loss.backward()
-        return {"loss": float(loss.detach())}
-
-    return step

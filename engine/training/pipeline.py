@@ -26,9 +26,9 @@ from engine.models.livehuman import LiveHumanModel
 from engine.training import data
 from engine.training.camera_stage import (
     CameraTrainConfig,
-    camera_step_fn,
     freeze_all_but_camera,
     init_camera_branch,
+    live_step_fn,
 )
 from engine.training.distill_stage import DistillConfig, cache_trajectories, distill_step_fn
 from engine.training.dit_stage import (
@@ -38,7 +38,7 @@ from engine.training.dit_stage import (
     dit_step_fn,
     probe_correlation,
 )
-from engine.training.lipsync_stage import LipsyncTrainConfig, freeze_all_but_audio_path, lipsync_step_fn
+from engine.training.lipsync_stage import LipsyncTrainConfig, freeze_all_but_audio_path
 from engine.training.prompt_stage import (
     PromptClip,
     PromptTrainConfig,
@@ -326,7 +326,9 @@ def _train_lipsync(
     opt = torch.optim.AdamW(freeze_all_but_audio_path(model, cfg.train_encoder), lr=cfg.lr, weight_decay=0.0)
     return run_stage(
         out_dir, "lipsync", {"dit": model.dit, "audio": model.audio}, opt, cfg.steps,
-        lipsync_step_fn(model, encoded, model.config, cfg, seed),
+        live_step_fn(
+            model, encoded, model.config, cfg.batch, cfg.mouth_weight, seed, "lipsync", cfg.train_encoder
+        ),
         cosine_lr(cfg.lr, cfg.steps, warmup=20), progress=progress,
     )  # fmt: skip
 
@@ -340,7 +342,7 @@ def _train_camera(
     opt = torch.optim.AdamW(freeze_all_but_camera(model), lr=cfg.lr, weight_decay=0.0)
     return run_stage(
         out_dir, "camera", {"dit": model.dit}, opt, cfg.steps,
-        camera_step_fn(model, encoded, model.config, cfg, seed),
+        live_step_fn(model, encoded, model.config, cfg.batch, cfg.mouth_weight, seed, "camera"),
         cosine_lr(cfg.lr, cfg.steps, warmup=20), progress=progress,
     )  # fmt: skip
 
