@@ -72,8 +72,8 @@ def live_step_fn(
     stage: str,
     train_audio_encoder: bool = False,
 ) -> Callable[[int], dict[str, float]]:
-    """A fine-tune step on portrait windows: flow matching at the live sampler's noise levels. The
-    camera and lip-sync stages differ only in which parameters they leave trainable."""
+    """A fine-tune step on windows of ``encoded`` clips: flow matching at the live sampler's noise
+    levels. The camera and lip-sync stages differ only in their clips and trainable parameters."""
     sigmas = np.array(live_sigmas(config))
 
     def step(step_index: int) -> dict[str, float]:

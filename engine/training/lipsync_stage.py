@@ -4,14 +4,15 @@ The DiT's audio cross-attention reads each latent's audio tokens (2 frames befor
 2 after) as a set: attention is blind to the order of its keys, so a model trained without
 ``WanDiT.audio_position`` cannot tell its own frames' sounds from the context's, nor which of
 its 4 frames a sound belongs to. A model trained before that position existed loads with it at
-zero (exactly the old model); this stage teaches it, with the audio path's other weights and the
-audio encoder, everything else frozen. The trunk, the camera branch and the text path keep their
-weights, so the other stages' work stands. The loss is flow matching at the live sampler's noise
-levels (as in the camera stage), the mouth weighted more than in the DiT stage.
+zero (exactly the old model); this stage teaches it, with the audio path's other weights (and,
+if configured, the audio encoder), everything else frozen. The trunk, the camera branch and the
+text path keep their weights, so the other stages' work stands. The loss is flow matching at the
+live sampler's noise levels (as in the camera stage), the mouth weighted more than in the DiT stage.
 
 Measured on the default model (3 held-out clips of 8 s, 4 steps): lip-sync 0.611, 0.359 on speech
 frames, before; 0.715 / 0.543 after 2400 steps, 0.749 / 0.564 after 4800 (as configured: 20 min
-of training on the 2-core CPU, plus 6 to encode the clips). In 7-minute trials, the same training
+of training on the 2-core CPU, plus about 8 to generate and encode the clips, measured in the
+2400-step run: 1022 s in all, 557 of them training). In 7-minute trials, the same training
 without positions gave 0.632 / 0.394 and with them 0.688 / 0.472: the positions, not the extra
 steps, make most of the gain.
 """

@@ -321,7 +321,7 @@ def _train_lipsync(
         data_dir, {"train": cfg.clips}, seed=seed, camera_fraction=0.0,
         progress=lambda d, t: progress("data", d, t),
     )  # fmt: skip
-    clips = [c for c in data.iter_clips(data_dir, "train") if c.meta["camera"]["preset"] == "static"]
+    clips = list(data.iter_clips(data_dir, "train"))  # camera_fraction 0: all static
     encoded = _encoded(out_dir, model, clips, "lipsync", plan.encode_frames, progress)
     opt = torch.optim.AdamW(freeze_all_but_audio_path(model, cfg.train_encoder), lr=cfg.lr, weight_decay=0.0)
     return run_stage(
