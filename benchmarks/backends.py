@@ -55,15 +55,15 @@ def component_calls(
     backend: Backend, inputs: dict[str, tuple[torch.Tensor, ...]]
 ) -> dict[str, Callable[[], Any]]:
     """One call per component on fixed inputs; the decoder step runs on a primed cache."""
-    latent = inputs["vae_decoder_step"][0]
-    _, cache = backend.vae_decoder_step(latent, backend.vae_decoder_cache(1))
+    latent, audio = inputs["vae_decoder_step"][:2]
+    _, cache = backend.vae_decoder_step(latent, backend.vae_decoder_cache(1), audio)
     encoder_cache = backend.vae_encoder_cache(1)
     return {
         "text_encoder": lambda: backend.encode_text("a person talking to the camera"),
         "audio_encoder": lambda: backend.audio_encoder(*inputs["audio_encoder"]),
         "dit_step": lambda: backend.dit_step(*inputs["dit_step"]),
         "vae_encoder_step": lambda: backend.vae_encoder_step(*inputs["vae_encoder_step"][:1], encoder_cache),
-        "vae_decoder_step": lambda: backend.vae_decoder_step(latent, cache),
+        "vae_decoder_step": lambda: backend.vae_decoder_step(latent, cache, audio),
     }
 
 

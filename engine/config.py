@@ -136,6 +136,12 @@ class SchedulerConfig:
     # decoded frame, exact to the sub-pixel, for models whose branch can only move content in whole
     # latent cells (the tiny preset's 16x16 grid: 8-pixel jumps, and a handheld shake lost).
     camera_warp: CameraWarp = "latents"
+    # The largest jump (0-255 levels, per pixel) between a latent's first frame and the frame shown
+    # before it that is faded out over the latent's frames instead of shown at once; 0 is off.
+    # Consecutive latents of a few-step sampler differ a little everywhere (texture, edges), which
+    # shows as a tick every 4 frames; a small cap eases that and leaves real motion (a mouth
+    # opening moves pixels by far more) where it is.
+    boundary_ease: float = 0.0
 
     @property
     def stride(self) -> int:
@@ -192,6 +198,7 @@ class ModelConfig:
             (self.dit.dim % self.dit.num_heads == 0, "dit.dim must divide by num_heads"),
             (s.blend in ("linear", "cosine", "none"), "scheduler.blend must be linear|cosine|none"),
             (s.camera_warp in ("latents", "frames"), "scheduler.camera_warp must be latents|frames"),
+            (0.0 <= s.boundary_ease <= 255.0, "scheduler.boundary_ease must be between 0 and 255"),
             (self.dit.audio_dim == self.audio.dim, "dit.audio_dim must equal audio.dim"),
             (
                 self.dit.audio_tokens
@@ -270,7 +277,9 @@ def _tiny() -> ModelConfig:
         audio=AudioConfig(dim=128, num_layers=2),
         text=TextConfig(dim=64),
         sampler=SamplerConfig(shift=3.0),
-        scheduler=SchedulerConfig(camera_warp="frames"),
+        # boundary_ease 6: on the default model (3 held-out clips, 8 s, 4 steps) it took the seam
+        # ratio from 3.3-3.7 to 0.8-1.05 for lip-sync 0.858 / 0.713 -> 0.855 / 0.710.
+        scheduler=SchedulerConfig(camera_warp="frames", boundary_ease=6.0),
     )
 
 

@@ -76,13 +76,16 @@ class GeneratorState:
     tail: torch.Tensor  # (1, C, O, h, w) latents [start, start+O), predicted but not final
     vae_cache: DecoderCache  # decoder state after decoding latent start-1
     previous: torch.Tensor  # (1, C, 1, h, w) the final latent start-1: what the viewer saw last
+    tail_audio: torch.Tensor  # (1, 4*O, Da) what the tail's frames hear when decoded
+    last_frame: torch.Tensor | None = None  # (H, W, 3) in [-1, 1]: the last frame decoded, eased
 
     def resumed(self) -> GeneratorState:
         """The state to resume from after a rollback. The held-back tail was predicted from
         audio that is now dropped, a state the viewer never watched, so the last latent they
-        did see stands in for it."""
+        did see stands in for it, hearing silence."""
         tail = self.previous.expand(-1, -1, self.tail.shape[2], -1, -1).clone()
-        return GeneratorState(self.start, tail, self.vae_cache, self.previous)
+        silence = torch.zeros_like(self.tail_audio)
+        return GeneratorState(self.start, tail, self.vae_cache, self.previous, silence, self.last_frame)
 
 
 @dataclass
@@ -137,6 +140,8 @@ class WindowGenerator:
         self.prompt = PromptPath(conditioning.text)
         self._no_camera = torch.zeros_like(self._reference_window)
         self._camera_in_frames = config.scheduler.camera_warp == "frames"
+        self._ease = s.boundary_ease / 127.5  # levels -> the decoder's [-1, 1]
+        self._ease_weights = 1.0 - torch.arange(1, FRAMES_PER_LATENT + 1) / FRAMES_PER_LATENT
 
     def camera_window(self, start: int) -> torch.Tensor:
         """(1, C, W, h, w) what the camera branch reads for the window at ``start``: the re-dub
@@ -166,11 +171,29 @@ class WindowGenerator:
     # --- state -----------------------------------------------------------------------------------
     def initial_state(self) -> GeneratorState:
         """Window 0 starts at latent -O with the reference as its tail; the decoder is primed
-        with the reference latent, whose frames are not emitted."""
+        with the reference latent, hearing silence, whose frames are not emitted."""
         cache = self.backend.vae_decoder_cache(1)
-        _, cache = self.backend.vae_decoder_step(self.cond.reference, cache)
+        _, cache = self.backend.vae_decoder_step(self.cond.reference, cache, self.backend.silence())
         tail = self.cond.reference.expand(-1, -1, self.overlap, -1, -1).clone()
-        return GeneratorState(start=-self.overlap, tail=tail, vae_cache=cache, previous=self.cond.reference)
+        silence = self.backend.silence().repeat(1, self.overlap, 1)
+        return GeneratorState(-self.overlap, tail, cache, self.cond.reference, silence)
+
+    def _decode(
+        self, latent: torch.Tensor, cache: DecoderCache, audio: torch.Tensor, last_frame: torch.Tensor | None
+    ) -> tuple[torch.Tensor, DecoderCache]:
+        """One final latent -> its 4 frames (4, H, W, 3) in [-1, 1], eased from ``last_frame``.
+
+        The ease: the jump from the frame shown last to this latent's first frame, capped at
+        ``boundary_ease`` levels per pixel, is added back and faded out over the four frames
+        (3/4, 1/2, 1/4, 0), so a latent-to-latent flicker becomes a glide; anything moving more
+        than the cap (a mouth) keeps all but the cap of its step.
+        """
+        decoded, cache = self.backend.vae_decoder_step(latent, cache, audio)
+        frames = decoded[0].permute(1, 2, 3, 0)  # (4, H, W, 3)
+        if last_frame is not None and self._ease > 0:
+            jump = (last_frame - frames[0]).clamp(-self._ease, self._ease)
+            frames = frames + self._ease_weights.view(-1, 1, 1, 1) * jump
+        return frames, cache
 
     def _noise(self, first_latent: int, count: int, step: int) -> torch.Tensor:
         ref = self.cond.reference
@@ -239,17 +262,23 @@ class WindowGenerator:
         latents[:, :, :O] = blend_overlap(state.tail, x[:, :, :O], self.weights)
         lap("blend")
 
-        # 5. Decode the final latents [start, start+S) (never the reference tail at n < 0).
-        cache = state.vae_cache
+        # 5. Decode the final latents [start, start+S) (never the reference tail at n < 0); each
+        #    frame hears its own audio feature.
+        def heard(n: int, count: int = 1) -> torch.Tensor:
+            first = FRAMES_PER_LATENT * n - first_frame
+            return features[:, first : first + FRAMES_PER_LATENT * count]
+
+        cache, last_frame = state.vae_cache, state.last_frame
         frames, finals, boundaries = [], [], []
         for n in range(start, start + S):
             latent = latents[:, :, n - start : n - start + 1]
             if n >= 0:
-                decoded, cache = self.backend.vae_decoder_step(latent, cache)
-                frames.append(decoded[0].permute(1, 2, 3, 0))  # (4, H, W, 3)
+                chunk, cache = self._decode(latent, cache, heard(n), last_frame)
+                frames.append(chunk)
                 finals.append(latent)
+                last_frame = chunk[-1]
             tail = latents[:, :, n + 1 - start : n + 1 - start + O].clone()
-            boundaries.append(GeneratorState(start=n + 1, tail=tail, vae_cache=cache, previous=latent))
+            boundaries.append(GeneratorState(n + 1, tail, cache, latent, heard(n + 1, O), last_frame))
         lap("decode")
 
         # 6. Optional colour matching to the reference (against slow drift), re-dub compositing.
@@ -267,14 +296,16 @@ class WindowGenerator:
 
     def flush(self, state: GeneratorState) -> WindowOutput:
         """End of input: decode the held-back tail as it stands (it has no successor to blend with)."""
-        cache, frames, finals = state.vae_cache, [], []
+        cache, last_frame, frames, finals = state.vae_cache, state.last_frame, [], []
         t0 = time.perf_counter()
         for j in range(self.overlap):
             if state.start + j >= 0:
                 latent = state.tail[:, :, j : j + 1]
-                decoded, cache = self.backend.vae_decoder_step(latent, cache)
-                frames.append(decoded[0].permute(1, 2, 3, 0))
+                audio = state.tail_audio[:, FRAMES_PER_LATENT * j : FRAMES_PER_LATENT * (j + 1)]
+                chunk, cache = self._decode(latent, cache, audio, last_frame)
+                frames.append(chunk)
                 finals.append(latent)
+                last_frame = chunk[-1]
         return WindowOutput(
             start=state.start,
             steps=0,

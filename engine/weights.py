@@ -28,9 +28,10 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default_model"
 # moves the unprompted output too (lip-sync and identity measured slightly worse), so the default
 # stays the model for plain speech and this one is the opt-in for prompts.
 PROMPT_MODEL = "default-prompt"
-# Zero-initialised parameters added after models were trained and shipped; a weights file without
-# them loads with that zero, which leaves the model exactly as trained (WanDiT.init_weights).
-ADDED_LATER = ("dit.audio_position",)
+# Parameters (by name prefix) added after models were trained and shipped, whose zero leaves the
+# model exactly as trained (WanDiT.init_weights, DecoderAudioAdapter's zero output): a weights file
+# without them loads them as zeros.
+ADDED_LATER = ("dit.audio_position", "vae.decoder.audio_adapters.")
 SHIPPED_MODELS = {DEFAULT_MODEL: DEFAULT_MODEL_DIR, PROMPT_MODEL: DEFAULT_MODEL_DIR.parent / "prompt_model"}
 
 
@@ -56,8 +57,8 @@ def load_model(directory: str | Path) -> LiveHumanModel:
     except (OSError, SafetensorError) as exc:
         raise WeightsError(f"weights file '{path}': cannot be read ({exc})") from exc
     expected = model.state_dict()
-    for key in ADDED_LATER:  # weights saved before these existed: their zero start, the old model
-        if key not in state and key in expected:
+    for key in expected:  # weights saved before these existed: their zero start, the old model
+        if key not in state and key.startswith(ADDED_LATER):
             state[key] = torch.zeros_like(expected[key])
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -86,8 +86,10 @@ class VAEDecoderStepGraph(nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(self, latent: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        frames, new_cache = self.vae.decode_step(latent, cache)
+    def forward(
+        self, latent: torch.Tensor, audio: torch.Tensor, *cache: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        frames, new_cache = self.vae.decode_step(latent, cache, audio)
         return (frames, *new_cache)  # (1, 3, 4, H, W), then each cache entry
 
 
@@ -154,8 +156,8 @@ def build_graphs(model: LiveHumanModel, precision: str) -> dict[str, Graph]:
         ),
         "vae_decoder_step": Graph(
             VAEDecoderStepGraph(model.vae),
-            (randn(1, C, 1, h, w), *cache),
-            ["latent", *(f"cache_{i}" for i in range(len(cache)))],
+            (randn(1, C, 1, h, w), randn(1, 4, a.dim), *cache),
+            ["latent", "audio", *(f"cache_{i}" for i in range(len(cache)))],
             ["frames", *(f"next_cache_{i}" for i in range(len(cache)))],
         ),
     }

@@ -40,12 +40,13 @@ def _error(reference: torch.Tensor, candidate: torch.Tensor) -> tuple[float, flo
     return float(diff.max()), float(diff.mean())
 
 
-def _decode_stream(backend: Backend, latents: torch.Tensor) -> torch.Tensor:
-    """Frames and final cache of a stream decoded one latent at a time from the zero cache."""
+def _decode_stream(backend: Backend, latents: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    """Frames and final cache of a stream decoded one latent at a time from the zero cache;
+    ``audio`` (1, 4T, Da) is what its frames hear."""
     cache = backend.vae_decoder_cache(1)
     frames = []
     for t in range(latents.shape[2]):
-        out, cache = backend.vae_decoder_step(latents[:, :, t : t + 1], cache)
+        out, cache = backend.vae_decoder_step(latents[:, :, t : t + 1], cache, audio[:, 4 * t : 4 * t + 4])
         frames.append(out.flatten())
     return torch.cat([*frames, *(c.flatten() for c in cache)])
 
@@ -64,10 +65,11 @@ def measure(
     reference: Backend, candidate: Backend, graphs: dict[str, Graph]
 ) -> dict[str, tuple[float, float]]:
     """(max abs, mean abs) error of ``candidate`` against ``reference`` per component."""
-    latent = graphs["vae_decoder_step"].inputs[0]
+    latent, sound = graphs["vae_decoder_step"].inputs[:2]
     latents = torch.randn(
         *latent.shape[:2], DECODER_STEPS, *latent.shape[3:], generator=torch.Generator().manual_seed(1)
     )
+    heard = torch.randn(1, 4 * DECODER_STEPS, sound.shape[2], generator=torch.Generator().manual_seed(3))
 
     group = graphs["vae_encoder_step"].inputs[0]  # (1, 3, 4, H, W)
     frames = (
@@ -86,7 +88,7 @@ def measure(
         "audio_encoder": method("audio_encoder"),
         "dit_step": method("dit_step"),
         "vae_encoder_step": lambda b: _encode_stream(b, frames),
-        "vae_decoder_step": lambda b: _decode_stream(b, latents),
+        "vae_decoder_step": lambda b: _decode_stream(b, latents, heard),
     }
     errors = {}
     for name, call in calls.items():

@@ -39,7 +39,7 @@ def fake_config(size: int = SIZE, **scheduler: object) -> ModelConfig:
 class FakeBackend(Backend):
     """Audio features = RMS energy of each video frame's own samples. The DiT predicts a clean
     latent chosen by ``target`` (via the velocity that yields it); the decoder paints frame j of a
-    latent with the latent's channel j, and records every latent it is handed."""
+    latent with the latent's channel j, and records every latent it is handed and what it hears."""
 
     name = "fake"
 
@@ -49,6 +49,7 @@ class FakeBackend(Backend):
         self.calls = 0
         self.dit_inputs: list[torch.Tensor] = []
         self.decoded: list[torch.Tensor] = []
+        self.heard: list[torch.Tensor | None] = []
         self.threads: set[str] = set()
         self.on_dit: Callable[[], bool] | None = None  # runs inside dit_step until it returns True
 
@@ -90,9 +91,10 @@ class FakeBackend(Backend):
         return (torch.zeros(batch),)
 
     def vae_decoder_step(
-        self, latent: torch.Tensor, cache: DecoderCache
+        self, latent: torch.Tensor, cache: DecoderCache, audio: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, DecoderCache]:
         self.decoded.append(latent.clone())
+        self.heard.append(None if audio is None else audio.clone())
         values = latent[0, :4, 0].mean(dim=(-1, -2))  # (4,)
         frames = values.view(1, 1, 4, 1, 1).expand(1, 3, 4, self.config.height, self.config.width)
         return frames * 2.0 - 1.0, (cache[0] + 1,)

@@ -107,10 +107,12 @@ def test_streaming_decoder_graph_feeds_its_own_cache_back(model: LiveHumanModel,
     latents = torch.randn(1, c.vae.latent_channels, 4, c.latent_height, c.latent_width)
     torch_cache = model.vae.decoder_cache(1, c.latent_height, c.latent_width)
     onnx_cache = [t.numpy() for t in torch_cache]
+    audio = torch.randn(1, 4 * latents.shape[2], c.audio.dim)
     for t in range(latents.shape[2]):
-        latent = latents[:, :, t : t + 1]
-        expected, torch_cache = model.vae.decode_step(latent, torch_cache)
-        frames, *onnx_cache = session.run(None, dict(zip(names, [latent.numpy(), *onnx_cache], strict=True)))
+        latent, heard = latents[:, :, t : t + 1], audio[:, 4 * t : 4 * t + 4]
+        expected, torch_cache = model.vae.decode_step(latent, torch_cache, heard)
+        inputs = [latent.numpy(), heard.numpy(), *onnx_cache]
+        frames, *onnx_cache = session.run(None, dict(zip(names, inputs, strict=True)))
         np.testing.assert_allclose(frames, expected.numpy(), atol=1e-4)
         for ours, theirs in zip(onnx_cache, torch_cache, strict=True):
             np.testing.assert_allclose(ours, theirs.numpy(), atol=1e-4)

@@ -72,7 +72,8 @@ def test_manifest_records_what_the_export_came_from(model: LiveHumanModel, cache
     )
     assert dit.outputs[0].name == "velocity" and dit.outputs[0].shape == dit.inputs[0].shape
     decoder = manifest.components["vae_decoder_step"]
-    assert len(decoder.inputs) == len(decoder.outputs) == 1 + len(model.vae.decoder_cache(1, 16, 16))
+    assert len(decoder.inputs) - 1 == len(decoder.outputs) == 1 + len(model.vae.decoder_cache(1, 16, 16))
+    assert decoder.inputs[1].name == "audio" and decoder.inputs[1].shape == (1, 4, c.audio.dim)
     assert all(manifest.components[n].precision == "fp32" for n in COMPONENTS if n != "dit_step")
 
 

@@ -10,7 +10,7 @@ import torch
 
 from engine.blend import blend_weights
 from engine.clock import VirtualClock
-from engine.config import FPS, MODEL_SAMPLE_RATE
+from engine.config import FPS, MODEL_SAMPLE_RATE, SAMPLES_PER_FRAME
 from engine.generator import Conditioning, noise_seed
 from engine.sampler import FlowSampler
 from engine.scheduler import Scheduler
@@ -320,3 +320,45 @@ def test_an_interrupt_while_a_slow_window_computes_still_cuts_its_frames() -> No
     assert watched > 10
     assert all(energy(f) <= watched for f in frames[first_cut_frame:])
     assert all(energy(f) == 0 for f in frames[first_cut_frame + 4 * 2 :])
+
+
+def test_the_decoder_hears_the_audio_of_the_frames_it_decodes() -> None:
+    """The fake DiT puts frame j's audio energy in channel j of its latent, so a decoder handed
+    the right features hears, frame by frame, what the latent it decodes carries."""
+    config = fake_config()
+    backend = FakeBackend(config)
+    levels = np.repeat(np.linspace(0.05, 0.8, 50), SAMPLES_PER_FRAME).astype(np.float32)  # 2 s
+    render_offline(make_scheduler(backend, config), levels * np.sign(tone(2.0)))
+    assert backend.heard[0] is not None and not backend.heard[0].any()  # the reference primer: silence
+    checked = 0
+    for latent, heard in zip(backend.decoded[2:], backend.heard[2:], strict=True):  # [1] blends the portrait
+        carried = latent[0, :4, 0].mean(dim=(-1, -2))  # (4,) energies of the latent's own frames
+        assert heard is not None and heard.shape == (1, 4, config.audio.dim)
+        torch.testing.assert_close(heard[0, :, 0], carried, atol=1e-5, rtol=1e-5)
+        checked += 1
+    assert checked >= 10
+
+
+class Staircase(FakeBackend):
+    """Each latent decodes to 4 identical flat frames whose level rises by a fixed step per latent."""
+
+    def vae_decoder_step(self, latent, cache, audio=None):  # noqa: ANN001, ANN201
+        super().vae_decoder_step(latent, cache, audio)
+        level = 0.2 * float(latent.mean()) - 0.9
+        return torch.full((1, 3, 4, self.config.height, self.config.width), level), cache
+
+
+@pytest.mark.parametrize("ease", [0.0, 10.0, 255.0])
+def test_boundary_ease_fades_the_capped_jump_over_the_next_latent(ease: float) -> None:
+    config = fake_config(boundary_ease=ease)
+    frames = render_offline(
+        make_scheduler(Staircase(config, target="window"), config), np.zeros(RATE, np.float32)
+    )
+    levels = np.array([energy(f) for f in frames])
+    steps = np.diff(levels)[4:-4]  # whole latents after the first, before the flushed tail
+    jump = 0.2 * 127.5  # each emitted latent is one window-index higher: 0.2 in [-1, 1]
+    eased = min(jump, ease)
+    at_boundary = steps[3::4]  # frame 4k+7 -> 4k+8
+    inside = np.delete(steps, np.s_[3::4])
+    assert np.allclose(at_boundary, jump - 0.75 * eased, atol=1.0)
+    assert np.allclose(inside, 0.25 * eased, atol=1.0)

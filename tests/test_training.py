@@ -127,7 +127,19 @@ def test_smoke_training_run_saves_a_loadable_model_and_resumes_as_done(tmp_path)
     model = load_model(out)
     assert model.config.name == "tiny"
     state = RunState(tmp_path / "run")
-    for stage in ("data", "vae", "audio", "dit", "trajectories", "distill", "camera", "video", "prompt"):
+    stages = (
+        "data",
+        "vae",
+        "audio",
+        "dit",
+        "trajectories",
+        "distill",
+        "decoder",
+        "camera",
+        "video",
+        "prompt",
+    )
+    for stage in stages:
         assert state.done(stage), stage
     assert (
         model.config.capabilities.camera
@@ -158,3 +170,25 @@ def test_the_lipsync_stage_teaches_an_old_model_audio_positions_and_touches_only
     assert changed and all(k.startswith(("dit.audio_", "audio.")) or ".audio_attn." in k for k in changed)
     again = finetune(out, tmp_path / "again", PLANS["smoke"], addons=("lipsync",))  # nothing lacks
     assert torch.equal(load_model(again).dit.audio_position, new.dit.audio_position)
+
+
+def test_the_decoder_stage_teaches_the_decoder_to_hear_and_touches_only_the_decoder(tmp_path):
+    from engine.training.decoder_stage import lacks_hearing
+    from engine.training.pipeline import finetune
+    from engine.weights import save_model
+
+    old = LiveHumanModel.random(get_preset("tiny"), seed=2)
+    with torch.no_grad():  # a model from before the adapters: they load as zeros
+        for p in old.vae.decoder.audio_adapters.parameters():
+            p.zero_()
+    assert lacks_hearing(old)
+    save_model(old, tmp_path / "old")
+    out = finetune(tmp_path / "old", tmp_path / "run", PLANS["smoke"], addons=("decoder",))
+    new = load_model(out)
+    assert not lacks_hearing(new) and new.config == old.config
+    changed = {k for k, v in new.state_dict().items() if not torch.equal(v, old.state_dict()[k])}
+    assert any(".audio_adapters." in k for k in changed)
+    assert changed and all(k.startswith("vae.decoder.") for k in changed)
+    again = finetune(out, tmp_path / "again", PLANS["smoke"], addons=("decoder",))  # nothing lacks
+    assert torch.equal(load_model(again).state_dict()["vae.decoder.conv_out.conv.weight"],
+                       new.state_dict()["vae.decoder.conv_out.conv.weight"])  # fmt: skip

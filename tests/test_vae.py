@@ -4,6 +4,8 @@ on the meta device."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,7 @@ LATENT = SIZE // 8
 @pytest.fixture(scope="module")
 def vae() -> CausalVAE:
     torch.manual_seed(0)
-    return CausalVAE(get_preset("tiny").vae).eval()
+    return CausalVAE(get_preset("tiny").vae, get_preset("tiny").audio.dim).eval()
 
 
 def _latents(vae: CausalVAE, T: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
@@ -128,9 +130,37 @@ def test_rejects_bad_inputs(vae: CausalVAE) -> None:
 def test_wan_size_builds_on_meta() -> None:
     cfg = VAEConfig(latent_channels=16, base_channels=96, channel_mults=(1, 2, 4, 4), num_res_blocks=2)
     with torch.device("meta"):
-        vae = CausalVAE(cfg)
+        vae = CausalVAE(cfg, audio_dim=1024)
         latent = torch.empty(1, 16, 1, 60, 104)
     assert all(p.is_meta for p in vae.parameters())
     frames, cache = vae.decode_step(latent, vae.decoder_cache(1, 60, 104))
     assert frames.shape == (1, 3, 4, 480, 832)
     assert all(c.is_meta for c in cache)
+
+
+@torch.no_grad()
+def test_each_frame_hears_its_own_audio_and_silence_is_a_fresh_decoder(vae: CausalVAE) -> None:
+    latents, D = _latents(vae, T=3), vae.audio_dim
+    audio = torch.randn(1, 12, D, generator=torch.Generator().manual_seed(4))
+    # Fresh adapters are the identity: any audio decodes as silence does.
+    silent, _ = vae.decode_step(latents, _zero_cache(vae))
+    assert torch.equal(vae.decode_step(latents, _zero_cache(vae), audio)[0], silent)
+    hearing, gen = copy.deepcopy(vae), torch.Generator().manual_seed(5)
+    for p in hearing.decoder.audio_adapters.parameters():
+        p.normal_(0.0, 0.05, generator=gen)
+    whole, _ = hearing.decode_step(latents, _zero_cache(vae), audio)
+    cache, chunks = _zero_cache(vae), []
+    for t in range(3):
+        chunk, cache = hearing.decode_step(latents[:, :, t : t + 1], cache, audio[:, 4 * t : 4 * t + 4])
+        chunks.append(chunk)
+    torch.testing.assert_close(torch.cat(chunks, dim=2), whole, atol=1e-5, rtol=1e-5)
+    bumped = audio.clone()
+    bumped[:, 6] += 1.0
+    changed = (hearing.decode_step(latents, _zero_cache(vae), bumped)[0] - whole).abs().amax(dim=(0, 1, 3, 4))
+    assert changed[6] > 1e-3 and torch.all(torch.cat([changed[:6], changed[7:]]) == 0)
+    with pytest.raises(ValueError, match="one audio feature per frame"):
+        hearing.decode_step(latents, _zero_cache(vae), audio[:, :8])
+
+
+def _zero_cache(vae: CausalVAE) -> tuple[torch.Tensor, ...]:
+    return vae.decoder_cache(1, LATENT, LATENT)

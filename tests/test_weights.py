@@ -74,3 +74,24 @@ def test_weights_from_before_the_audio_positions_load_as_the_model_they_were(sav
     loaded = load_model(tmp_path)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_weights_from_before_the_decoder_adapters_load_with_adapters_that_hear_nothing(
+    saved, tmp_path
+) -> None:  # noqa: ANN001
+    model, directory = saved
+    state = load_file(str(directory / WEIGHTS_NAME))
+    dropped = [k for k in state if k.startswith("vae.decoder.audio_adapters.")]
+    for key in dropped:
+        state.pop(key)
+    (tmp_path / "config.json").write_text((directory / "config.json").read_text())
+    save_file(state, str(tmp_path / WEIGHTS_NAME))
+    loaded = load_model(tmp_path)
+    assert dropped and all(not loaded.state_dict()[k].any() for k in dropped)
+    for key in set(model.state_dict()) - set(dropped):
+        assert torch.equal(loaded.state_dict()[key], model.state_dict()[key]), key
+    c = model.config
+    latents = torch.randn(1, c.vae.latent_channels, 2, c.latent_height, c.latent_width)
+    with torch.no_grad():
+        heard = loaded.vae.decode(latents, torch.randn(1, 8, c.audio.dim))
+        assert torch.equal(heard, loaded.vae.decode(latents))

@@ -19,7 +19,7 @@ class LiveHumanModel(nn.Module):
         super().__init__()
         self.config = config
         self.dit = WanDiT(config.dit)
-        self.vae = CausalVAE(config.vae)
+        self.vae = CausalVAE(config.vae, config.audio.dim)
         self.audio = AudioEncoder(config.audio)
         self.text = ByteTextEncoder(config.text)
 
@@ -30,11 +30,12 @@ class LiveHumanModel(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = cls(config).eval()
-            # Wan zero-initialises its output head and we zero the audio branch's output, which
-            # makes an untrained model a constant; give them small weights so that random
-            # presets exercise every path (and audio changes the picture).
+            # Wan zero-initialises its output head and we zero the audio branch's and the decoder's
+            # audio adapters' outputs, which makes an untrained model a constant; give them small
+            # weights so that random presets exercise every path (and audio changes the picture).
             with torch.no_grad():
-                for name, param in model.dit.named_parameters():
-                    if name.startswith("head.head") or ".audio_attn.o." in name:
+                for name, param in model.named_parameters():
+                    audio_out = ".audio_attn.o." in name or ".audio_adapters." in name
+                    if name.startswith("dit.head.head") or audio_out:
                         param.normal_(0.0, 0.02)
             return model

@@ -18,6 +18,13 @@ streams, and the cache becomes graph inputs and outputs on export. An all-zero c
 the zero padding of a whole-sequence decode, so ``decode`` is the same code run over all latents.
 Every latent decodes to 4 frames; the encoder saw frame 0 repeated in front of the video, so only
 the last frame of latent 0's group is real and ``decode`` drops the first 3.
+
+Hearing. A latent holds four frames, and 8 channels at 1/8 resolution cannot say where the
+mouth is in each of them: on held-out clips the round trip kept 0.83 of the mouth's correlation
+with the truth over all frames but 0.63 on speech frames, where the mouth moves inside a latent.
+So once time is at full rate, the decoder also reads each frame's audio feature (the audio
+encoder's, the same the DiT hears) through two zero-initialised adapters: a decoder without them
+trained is the plain VAE, and the latent space, so the DiT, is untouched.
 """
 
 from __future__ import annotations
@@ -275,6 +282,27 @@ class VAEEncoder(nn.Module):
         return torch.cat([moments[:, :, :C] + shortcut, moments[:, :, C:]], dim=2)
 
 
+class DecoderAudioAdapter(nn.Module):
+    """x + out(SiLU(conv(x) + proj(audio))): each pixel mixes what it shows with its frame's sound.
+
+    Content and sound meet per pixel, so the adapter can act where the picture is a mouth and
+    nowhere else; ``out`` starts at zero, so a fresh adapter is the identity.
+    """
+
+    def __init__(self, channels: int, audio_dim: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.content = CausalConv3d(channels, hidden, temporal_kernel=1)
+        self.sound = nn.Linear(audio_dim, hidden)
+        self.out = CausalConv3d(hidden, channels, temporal_kernel=1, spatial_kernel=1)
+        nn.init.zeros_(self.out.conv.weight)
+        nn.init.zeros_(self.out.conv.bias)
+
+    def forward(self, x: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """x (B, F, C, H, W), audio (B, F, Da) one feature per frame -> (B, F, C, H, W)."""
+        h = self.content(x) + self.sound(audio)[..., None, None]  # (B, F, hidden, H, W)
+        return x + self.out(F.silu(h))
+
+
 class VAEDecoder(nn.Module):
     """Latents (B, T, C_lat, h, w) + cache -> frames (B, 4T, 3, 8h, 8w), frames-major.
 
@@ -285,7 +313,7 @@ class VAEDecoder(nn.Module):
     The full-resolution level is only the sub-pixel head, which keeps real time on a CPU.
     """
 
-    def __init__(self, cfg: VAEConfig) -> None:
+    def __init__(self, cfg: VAEConfig, audio_dim: int) -> None:
         super().__init__()
         levels, steps = _levels(cfg)
         # The full-resolution level is only the sub-pixel head, so the loop runs over the others.
@@ -294,16 +322,28 @@ class VAEDecoder(nn.Module):
         self.conv_in = CausalConv3d(cfg.latent_channels, widths[0], kernels[0])
         blocks: list[nn.Module] = []
         ch = widths[0]
+        channels_after: list[int] = []  # each block's output width
         for j, (width, k) in enumerate(zip(widths, kernels, strict=True)):
             for _ in range(cfg.num_res_blocks):
                 blocks.append(VAEResBlock(ch, width, k))
                 ch = width
+                channels_after.append(ch)
             if j < steps:
                 blocks.append(VAETemporalUpsample(ch))
+                channels_after.append(ch)
             if j < levels - 2:
                 blocks.append(VAESpatialUpsample(ch, widths[j + 1]))
                 ch = widths[j + 1]
+                channels_after.append(ch)
         self.blocks = nn.ModuleList(blocks)
+        # The audio adapters read the output of the block where time reaches full rate (the last
+        # temporal upsample) and of the one after it.
+        full_rate = max((i for i, b in enumerate(blocks) if isinstance(b, VAETemporalUpsample)), default=0)
+        hearing = [i for i in (full_rate, full_rate + 1) if i < len(blocks)]
+        self.hearing = {i: n for n, i in enumerate(hearing)}
+        self.audio_adapters = nn.ModuleList(
+            DecoderAudioAdapter(channels_after[i], audio_dim) for i in hearing
+        )
         self.norm_out = VAERMSNorm(ch)
         self.conv_out = CausalConv3d(ch, 4 * cfg.in_channels, kernels[-1])
         self.cfg = cfg
@@ -318,13 +358,17 @@ class VAEDecoder(nn.Module):
                 height, width = 2 * height, 2 * width
         return shapes
 
-    def forward(self, x: torch.Tensor, cache: _CacheCursor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: _CacheCursor, audio: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C_lat, h, w), audio (B, 4T, Da) one feature per output frame."""
         shortcut = latent_to_colour(x, self.cfg)  # (B, 4T, 3, H, W)
         # 1. Latents to features.
         x = self.conv_in(x, cache)  # (B, T, C0, h, w)
-        # 2. Res blocks per level; time doubles at the lowest levels, space at each level change.
-        for block in self.blocks:
+        # 2. Res blocks per level; time doubles at the lowest levels, space at each level change;
+        #    once time is at full rate each frame also hears its audio.
+        for i, block in enumerate(self.blocks):
             x = block(x, cache)  # (B, T', C, H', W')
+            if i in self.hearing:
+                x = self.audio_adapters[self.hearing[i]](x, audio)
         # 3. Sub-pixel head: each pixel of the 2x2 block gets its own kernel, so no checkerboard.
         x = self.conv_out(F.silu(self.norm_out(x)), cache)  # (B, 4T, 4*3, H/2, W/2)
         # 4. Detail on top of the latent's own colour (consumers clamp to [-1, 1]).
@@ -338,11 +382,12 @@ class CausalVAE(nn.Module):
     latents [0, t] only, so a stream can be decoded as its latents arrive.
     """
 
-    def __init__(self, cfg: VAEConfig) -> None:
+    def __init__(self, cfg: VAEConfig, audio_dim: int) -> None:
         super().__init__()
         self.cfg = cfg
+        self.audio_dim = audio_dim
         self.encoder = VAEEncoder(cfg)
-        self.decoder = VAEDecoder(cfg)
+        self.decoder = VAEDecoder(cfg, audio_dim)
 
     def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames (B, 3, 1 + 4(T-1), H, W) in [-1, 1] -> (mean, logvar), each (B, C, T, H/8, W/8)."""
@@ -408,24 +453,33 @@ class CausalVAE(nn.Module):
         dtype = param.dtype if dtype is None else dtype
         return tuple(torch.zeros(batch, *shape, device=device, dtype=dtype) for shape in shapes)
 
+    def silence(self, latent: torch.Tensor) -> torch.Tensor:
+        """The audio input of frames with no sound to hear (zeros), for ``latent`` (B, C, T, h, w)."""
+        B, _, T = latent.shape[:3]
+        return latent.new_zeros(B, self.cfg.temporal_factor * T, self.audio_dim)
+
     def decode_step(
-        self, latent: torch.Tensor, cache: tuple[torch.Tensor, ...]
+        self, latent: torch.Tensor, cache: tuple[torch.Tensor, ...], audio: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Latent (B, C, 1, h, w) + cache -> (frames (B, 3, 4, H, W), next cache).
+        """Latent (B, C, 1, h, w) + cache + audio (B, 4, Da) -> (frames (B, 3, 4, H, W), next cache).
 
         A pure function: the caller owns the cache. T > 1 latents at once also work and give 4T
-        frames, which is how ``decode`` runs.
+        frames, which is how ``decode`` runs. No audio is silence (zeros).
         """
         expected = len(self.decoder.cache_shapes(1, 1))
         if len(cache) != expected:
             raise ValueError(f"vae.decode_step: cache has {len(cache)} tensors, expected {expected}")
+        audio = self.silence(latent) if audio is None else audio
+        if audio.shape[1] != self.cfg.temporal_factor * latent.shape[2]:
+            raise ValueError(f"vae.decode_step: need one audio feature per frame, got {audio.shape[1]}")
         cursor = _CacheCursor(cache)
-        frames = self.decoder(latent.transpose(1, 2), cursor)  # (B, 4T, 3, H, W)
+        frames = self.decoder(latent.transpose(1, 2), cursor, audio)  # (B, 4T, 3, H, W)
         return frames.transpose(1, 2), tuple(cursor.new)  # (B, 3, 4T, H, W)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents (B, C, T, h, w) -> frames (B, 3, 1 + 4(T-1), H, W), all frames at once."""
+    def decode(self, latents: torch.Tensor, audio: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (B, C, T, h, w) (+ audio (B, 4T, Da)) -> frames (B, 3, 1 + 4(T-1), H, W)."""
         B, _, _, h, w = latents.shape
-        frames, _ = self.decode_step(latents, self.decoder_cache(B, h, w, latents.device, latents.dtype))
+        cache = self.decoder_cache(B, h, w, latents.device, latents.dtype)
+        frames, _ = self.decode_step(latents, cache, audio)
         # Latent 0's group is frame 0 preceded by the encoder's 3 repeats of it.
         return frames[:, :, self.cfg.temporal_factor - 1 :]

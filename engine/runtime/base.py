@@ -14,8 +14,10 @@ Shapes (B batch, C latent channels, T latent frames, h/w latent size, H/W pixels
   ``vae_encoder_cache(B)`` gives the zero cache; ``vae_encoder`` (whole clips, F = 1 + 4(T-1),
   frame 0 encoded as a still) is built on the step, so every backend encodes a portrait and a
   re-dub source video, of any length, with the same four-frame graph.
-- ``vae_decoder_step(latent (B,C,1,h,w), cache) -> (frames (B,3,4,H,W) in [-1,1], cache)``.
-  ``vae_decoder_cache(B)`` gives the zero cache a stream starts from.
+- ``vae_decoder_step(latent (B,C,1,h,w), cache, audio (B,4,Da)) -> (frames (B,3,4,H,W) in
+  [-1,1], cache)``: audio is the four frames' features from ``audio_encoder`` (the decoder hears
+  them to place the mouth within the latent); None is silence. ``vae_decoder_cache(B)`` gives the
+  zero cache a stream starts from.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from engine.config import ModelConfig
+from engine.config import FRAMES_PER_LATENT, ModelConfig
 
 DecoderCache = tuple[torch.Tensor, ...]
 
@@ -76,8 +78,12 @@ class Backend(ABC):
 
     @abstractmethod
     def vae_decoder_step(
-        self, latent: torch.Tensor, cache: DecoderCache
+        self, latent: torch.Tensor, cache: DecoderCache, audio: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, DecoderCache]: ...
+
+    def silence(self, batch: int = 1) -> torch.Tensor:
+        """(B, 4, Da) the decoder's audio for frames with nothing to hear."""
+        return torch.zeros(batch, FRAMES_PER_LATENT, self.config.audio.dim)
 
     @abstractmethod
     def vae_decoder_cache(self, batch: int = 1) -> DecoderCache: ...

@@ -52,16 +52,17 @@ class GraphBackend(Backend):
         return self._zero_cache("vae_encoder_step", batch)
 
     def vae_decoder_step(
-        self, latent: torch.Tensor, cache: DecoderCache
+        self, latent: torch.Tensor, cache: DecoderCache, audio: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, DecoderCache]:
-        frames, *new_cache = self.run("vae_decoder_step", latent, *cache)
+        audio = self.silence(latent.shape[0]) if audio is None else audio
+        frames, *new_cache = self.run("vae_decoder_step", latent, audio, *cache)
         return frames, tuple(new_cache)
 
     def vae_decoder_cache(self, batch: int = 1) -> DecoderCache:
         return self._zero_cache("vae_decoder_step", batch)
 
     def _zero_cache(self, component: str, batch: int) -> DecoderCache:
-        specs = self.manifest.components[component].inputs[1:]
+        specs = [s for s in self.manifest.components[component].inputs if s.name.startswith("cache_")]
         if batch != specs[0].shape[0]:
             raise ValueError(
                 f"{self.name}: {component} was exported for batch {specs[0].shape[0]}, not {batch}"

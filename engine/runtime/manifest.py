@@ -23,7 +23,7 @@ from engine.runtime.base import BackendUnavailable
 
 MANIFEST_NAME = "manifest.json"
 PARITY_NAME = "parity.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the VAE decoder step takes the frames' audio
 # Every component a runtime needs, in the order export builds them.
 COMPONENTS = ("text_encoder", "audio_encoder", "dit_step", "vae_encoder_step", "vae_decoder_step")
 

@@ -81,11 +81,12 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     def vae_decoder_step(
-        self, latent: torch.Tensor, cache: DecoderCache
+        self, latent: torch.Tensor, cache: DecoderCache, audio: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, DecoderCache]:
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()
-        frames, cache = self._decode_step(self._in(latent), cache)
+        audio = self.silence(latent.shape[0]) if audio is None else audio
+        frames, cache = self._decode_step(self._in(latent), cache, self._in(audio))
         if self.compiled:
             cache = tuple(c.clone() for c in cache)
         return frames.float().cpu(), cache

@@ -30,6 +30,13 @@ from engine.training.camera_stage import (
     init_camera_branch,
     live_step_fn,
 )
+from engine.training.decoder_stage import (
+    DecoderTrainConfig,
+    clip_features,
+    decoder_parameter_groups,
+    decoder_step_fn,
+    lacks_hearing,
+)
 from engine.training.distill_stage import DistillConfig, cache_trajectories, distill_step_fn
 from engine.training.dit_stage import (
     DiTTrainConfig,
@@ -60,7 +67,7 @@ from engine.weights import load_model, save_model
 
 log = logging.getLogger(__name__)
 
-ADDONS = ("lipsync", "camera", "video", "prompt")  # fine-tune stages, in the order they run
+ADDONS = ("lipsync", "decoder", "camera", "video", "prompt")  # fine-tune stages, in the order they run
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,7 @@ class TrainPlan:
     dit: DiTTrainConfig = field(default_factory=DiTTrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     lipsync: LipsyncTrainConfig = field(default_factory=LipsyncTrainConfig)
+    decoder: DecoderTrainConfig = field(default_factory=DecoderTrainConfig)
     camera: CameraTrainConfig = field(default_factory=CameraTrainConfig)
     video: RedubTrainConfig = field(default_factory=RedubTrainConfig)
     prompt: PromptTrainConfig = field(default_factory=PromptTrainConfig)
@@ -92,6 +100,7 @@ PLANS = {
         dit=DiTTrainConfig(audio_steps=10, steps=30, batch=4),
         distill=DistillConfig(teacher_steps=4, trajectories=8, chunk=4, steps=6, batch=4),
         lipsync=LipsyncTrainConfig(clips=3, steps=6, batch=2),
+        decoder=DecoderTrainConfig(steps=6, batch=2, crop=32),
         camera=CameraTrainConfig(clips=2, steps=6, batch=2),
         video=RedubTrainConfig(clips=2, frames=21, steps=6, batch=2),
         prompt=PromptTrainConfig(clips=2, frames=21, steps=6, batch=2),
@@ -152,7 +161,11 @@ def train(preset: str, out_dir: Path, plan: TrainPlan, seed: int = 0, data_dir: 
         t0 = time.perf_counter()
         cfg = plan.vae
         start_with_small_posterior_noise(model.vae)
-        opt = torch.optim.AdamW(model.vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+        # The decoder's audio adapters stay the identity here (they would learn silence): the
+        # decoder stage teaches them once the audio encoder they read is trained.
+        model.vae.decoder.audio_adapters.requires_grad_(False)
+        params = [p for p in model.vae.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         tail = run_stage(
             out_dir, "vae", {"vae": model.vae}, opt, cfg.steps,
             vae_step_fn(model.vae, train_clips, cfg, config.height, seed),
@@ -230,9 +243,10 @@ def finetune(
 ) -> Path:
     """The add-on stages of ``addons`` a trained model lacks, in ``ADDONS`` order, each with the
     rest of the model frozen: lip-sync (the audio path with its token positions, for a model
-    trained before they existed), the camera branch (clips with camera moves), re-dubbing a video
-    (the same branch, on source/re-dub pairs), prompt control (clips rendered with and without
-    the prompt's attributes). Writes ``OUT/model``, which declares the capabilities; resumable."""
+    trained before they existed), the VAE decoder's hearing (its audio adapters), the camera
+    branch (clips with camera moves), re-dubbing a video (the same branch, on source/re-dub
+    pairs), prompt control (clips rendered with and without the prompt's attributes). Writes
+    ``OUT/model``, which declares the capabilities; resumable."""
     unknown = sorted(set(addons) - set(ADDONS))
     if unknown:
         raise ConfigError(f"addons: unknown {', '.join(unknown)}; choose from {', '.join(ADDONS)}")
@@ -243,6 +257,7 @@ def finetune(
     given = model.config.capabilities
     stages = {
         "lipsync": _train_lipsync,
+        "decoder": _train_decoder,
         "camera": _train_camera,
         "video": _train_video,
         "prompt": _train_prompt,
@@ -258,9 +273,12 @@ def finetune(
 
 
 def _lacks(model: LiveHumanModel, addon: str) -> bool:
-    """Lip-sync is missing while the audio positions are still zero; the rest are capabilities."""
+    """Lip-sync is missing while the audio positions are still zero, the decoder's hearing while
+    its adapters are; the rest are capabilities."""
     if addon == "lipsync":
         return not bool(model.dit.audio_position.detach().any())
+    if addon == "decoder":
+        return lacks_hearing(model)
     return not getattr(model.config.capabilities, addon)
 
 
@@ -312,16 +330,22 @@ def _camera_clips(
     return _encoded(out_dir, model, clips, "camera", plan.encode_frames, progress)
 
 
+def _portrait_clips(out_dir: Path, plan: TrainPlan, seed: int, progress: _Progress) -> list[data.Clip]:
+    """The lip-sync and decoder stages' clips: the DiT stage's portrait clip recipes (static
+    camera) for the same seed, generated on first use."""
+    data_dir = out_dir / "lipsync_data"
+    data.generate(
+        data_dir, {"train": plan.lipsync.clips}, seed=seed, camera_fraction=0.0,
+        progress=lambda d, t: progress("data", d, t),
+    )  # fmt: skip
+    return list(data.iter_clips(data_dir, "train"))
+
+
 def _train_lipsync(
     model: LiveHumanModel, out_dir: Path, plan: TrainPlan, seed: int, progress: _Progress
 ) -> dict[str, float]:
     cfg = plan.lipsync
-    data_dir = out_dir / "lipsync_data"  # the DiT stage's portrait clip recipes, for the same seed
-    data.generate(
-        data_dir, {"train": cfg.clips}, seed=seed, camera_fraction=0.0,
-        progress=lambda d, t: progress("data", d, t),
-    )  # fmt: skip
-    clips = list(data.iter_clips(data_dir, "train"))  # camera_fraction 0: all static
+    clips = _portrait_clips(out_dir, plan, seed, progress)
     encoded = _encoded(out_dir, model, clips, "lipsync", plan.encode_frames, progress)
     opt = torch.optim.AdamW(freeze_all_but_audio_path(model, cfg.train_encoder), lr=cfg.lr, weight_decay=0.0)
     return run_stage(
@@ -329,6 +353,20 @@ def _train_lipsync(
         live_step_fn(
             model, encoded, model.config, cfg.batch, cfg.mouth_weight, seed, "lipsync", cfg.train_encoder
         ),
+        cosine_lr(cfg.lr, cfg.steps, warmup=20), progress=progress,
+    )  # fmt: skip
+
+
+def _train_decoder(
+    model: LiveHumanModel, out_dir: Path, plan: TrainPlan, seed: int, progress: _Progress
+) -> dict[str, float]:
+    cfg = plan.decoder
+    clips = _portrait_clips(out_dir, plan, seed, progress)
+    features = [clip_features(model, clip) for clip in clips]
+    opt = torch.optim.AdamW(decoder_parameter_groups(model), lr=cfg.lr, weight_decay=0.0)
+    return run_stage(
+        out_dir, "decoder", {"decoder": model.vae.decoder}, opt, cfg.steps,
+        decoder_step_fn(model, clips, features, cfg, seed),
         cosine_lr(cfg.lr, cfg.steps, warmup=20), progress=progress,
     )  # fmt: skip
 

@@ -92,8 +92,8 @@ def run_stage(
     t0 = time.perf_counter()
     with log_path.open("a") as log_file:
         for step in range(start, steps):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step)
+            for group in optimizer.param_groups:  # a group may run at a fraction of the schedule
+                group["lr"] = lr_at(step) * group.get("lr_scale", 1.0)
             optimizer.zero_grad(set_to_none=True)
             losses = step_fn(step)
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)

@@ -38,10 +38,12 @@ def to_model_frames(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).float().div(127.5).sub(1.0).permute(3, 0, 1, 2)
 
 
-def _crop_origin(clip: Clip, start: int, size: int, crop: int, rng: np.random.Generator) -> tuple[int, int]:
+def _crop_origin(
+    clip: Clip, start: int, size: int, crop: int, rng: np.random.Generator, mouth_crops: float
+) -> tuple[int, int]:
     if crop >= size:
         return 0, 0
-    if rng.random() < 0.5:
+    if rng.random() < mouth_crops:
         y0, y1, x0, x1 = clip.mouth_box(start + SEGMENT_FRAMES // 2, size)
         cy = int(rng.integers(y0, y1 + 1)) - crop // 2
         cx = int(rng.integers(x0, x1 + 1)) - crop // 2
@@ -53,19 +55,36 @@ def vae_batch(
     clips: list[Clip], rng: np.random.Generator, batch: int, crop: int, size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(frames (B, 3, 9, crop, crop) in [-1, 1], loss weights (B, 1, 9, crop, crop))."""
-    videos, weights = [], []
+    video, weight, _ = vae_segments(clips, rng, batch, crop, size)
+    return video, weight
+
+
+def vae_segments(
+    clips: list[Clip],
+    rng: np.random.Generator,
+    batch: int,
+    crop: int,
+    size: int,
+    mouth_weight: float = MOUTH_WEIGHT,
+    mouth_crops: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """``vae_batch`` with the (clip index, first frame) of each segment, for stages that need
+    more of the clip than its pixels (the decoder stage: its audio)."""
+    videos, weights, picks = [], [], []
     for _ in range(batch):
-        clip = clips[int(rng.integers(len(clips)))]
+        index = int(rng.integers(len(clips)))
+        clip = clips[index]
         start = int(rng.integers(0, clip.num_frames - SEGMENT_FRAMES + 1))
         frames = clip.frames(start, start + SEGMENT_FRAMES, size)  # (9, H, W, 3)
         weight = np.ones((SEGMENT_FRAMES, size, size), np.float32)
         for j in range(SEGMENT_FRAMES):
             y0, y1, x0, x1 = clip.mouth_box(start + j, size)
-            weight[j, y0:y1, x0:x1] = MOUTH_WEIGHT
-        cy, cx = _crop_origin(clip, start, size, crop, rng)
+            weight[j, y0:y1, x0:x1] = mouth_weight
+        cy, cx = _crop_origin(clip, start, size, crop, rng, mouth_crops)
         videos.append(to_model_frames(frames[:, cy : cy + crop, cx : cx + crop]))
         weights.append(torch.from_numpy(weight[None, :, cy : cy + crop, cx : cx + crop]))
-    return torch.stack(videos), torch.stack(weights)
+        picks.append((index, start))
+    return torch.stack(videos), torch.stack(weights), picks
 
 
 def vae_loss(
