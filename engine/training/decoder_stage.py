@@ -107,6 +107,6 @@ def decoder_step_fn(
         motion = ((moved - truth).abs() * w).sum() / (w.sum() * 3)
         loss = l1 + cfg.motion_weight * motion
         loss.backward()
-        return {"loss": float(loss), "l1": float(l1), "motion": float(motion)}
+        return {"loss": loss.item(), "l1": l1.item(), "motion": motion.item()}
 
     return step
