@@ -240,14 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--finetune",
         metavar="MODEL",
-        help="run only the add-on stages this trained model lacks (lip-sync audio positions, camera "
-        "branch, video re-dub, prompt control) on it (default, or a model directory) instead of "
-        "training from scratch",
+        help="run only the add-on stages this trained model lacks (lip-sync audio positions, the "
+        "decoder's hearing, camera branch, video re-dub, prompt control) on it (default, or a model "
+        "directory) instead of training from scratch",
     )
     train.add_argument(
         "--addons",
-        help="with --finetune: which add-ons, comma-separated from lipsync,camera,video,prompt (default: "
-        "all it lacks; the shipped default has lipsync,camera,video, the prompt model adds prompt)",
+        help="with --finetune: which add-ons, comma-separated from lipsync,decoder,camera,video,prompt "
+        "(default: all it lacks; the shipped default has lipsync,decoder,camera,video, the prompt model "
+        "has decoder,camera,video,prompt)",
     )
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser(

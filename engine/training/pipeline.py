@@ -17,8 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from engine.config import ConfigError, ModelConfig, get_preset
@@ -316,6 +318,27 @@ def _addon_stage(
     return model
 
 
+class _StageSize(Protocol):
+    lr: float
+    steps: int
+
+
+def _fine_tune(
+    out_dir: Path,
+    name: str,
+    modules: dict[str, nn.Module],
+    params: list,
+    cfg: _StageSize,
+    step_fn: Callable[[int], dict[str, float]],
+    progress: _Progress,
+) -> dict[str, float]:
+    """What every add-on stage runs: AdamW without weight decay on ``params`` (tensors, or groups
+    with an ``lr_scale``) under a cosine schedule with a short warm-up, checkpointing ``modules``."""
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    lr_at = cosine_lr(cfg.lr, cfg.steps, warmup=20)
+    return run_stage(out_dir, name, modules, opt, cfg.steps, step_fn, lr_at, progress=progress)
+
+
 def _camera_clips(
     model: LiveHumanModel, out_dir: Path, plan: TrainPlan, seed: int, progress: _Progress
 ) -> list[EncodedClip]:
@@ -347,14 +370,13 @@ def _train_lipsync(
     cfg = plan.lipsync
     clips = _portrait_clips(out_dir, plan, seed, progress)
     encoded = _encoded(out_dir, model, clips, "lipsync", plan.encode_frames, progress)
-    opt = torch.optim.AdamW(freeze_all_but_audio_path(model, cfg.train_encoder), lr=cfg.lr, weight_decay=0.0)
-    return run_stage(
-        out_dir, "lipsync", {"dit": model.dit, "audio": model.audio}, opt, cfg.steps,
-        live_step_fn(
-            model, encoded, model.config, cfg.batch, cfg.mouth_weight, seed, "lipsync", cfg.train_encoder
-        ),
-        cosine_lr(cfg.lr, cfg.steps, warmup=20), progress=progress,
-    )  # fmt: skip
+    params = freeze_all_but_audio_path(model, cfg.train_encoder)
+    step = live_step_fn(
+        model, encoded, model.config, cfg.batch, cfg.mouth_weight, seed, "lipsync", cfg.train_encoder
+    )
+    return _fine_tune(
+        out_dir, "lipsync", {"dit": model.dit, "audio": model.audio}, params, cfg, step, progress
+    )
 
 
 def _train_decoder(
@@ -363,12 +385,9 @@ def _train_decoder(
     cfg = plan.decoder
     clips = _portrait_clips(out_dir, plan, seed, progress)
     features = [clip_features(model, clip) for clip in clips]
-    opt = torch.optim.AdamW(decoder_parameter_groups(model), lr=cfg.lr, weight_decay=0.0)
-    return run_stage(
-        out_dir, "decoder", {"decoder": model.vae.decoder}, opt, cfg.steps,
-        decoder_step_fn(model, clips, features, cfg, seed),
-        cosine_lr(cfg.lr, cfg.steps, warmup=20), progress=progress,
-    )  # fmt: skip
+    params = decoder_parameter_groups(model)
+    step = decoder_step_fn(model, clips, features, cfg, seed)
+    return _fine_tune(out_dir, "decoder", {"decoder": model.vae.decoder}, params, cfg, step, progress)
 
 
 def _train_camera(
@@ -377,12 +396,9 @@ def _train_camera(
     cfg = plan.camera
     encoded = _camera_clips(model, out_dir, plan, seed, progress)
     init_camera_branch(model.dit)
-    opt = torch.optim.AdamW(freeze_all_but_camera(model), lr=cfg.lr, weight_decay=0.0)
-    return run_stage(
-        out_dir, "camera", {"dit": model.dit}, opt, cfg.steps,
-        live_step_fn(model, encoded, model.config, cfg.batch, cfg.mouth_weight, seed, "camera"),
-        cosine_lr(cfg.lr, cfg.steps, warmup=20), progress=progress,
-    )  # fmt: skip
+    params = freeze_all_but_camera(model)
+    step = live_step_fn(model, encoded, model.config, cfg.batch, cfg.mouth_weight, seed, "camera")
+    return _fine_tune(out_dir, "camera", {"dit": model.dit}, params, cfg, step, progress)
 
 
 def _train_video(
@@ -400,12 +416,9 @@ def _train_video(
         clips = make_redub_clips(model, cfg, seed, lambda d, t: progress("video latents", d, t))
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save([dataclasses.asdict(c) for c in clips], cache)
-    opt = torch.optim.AdamW(freeze_all_but_camera(model), lr=cfg.lr, weight_decay=0.0)
-    return run_stage(
-        out_dir, "video", {"dit": model.dit}, opt, cfg.steps,
-        redub_step_fn(model, clips, camera_clips, model.config, cfg, seed),
-        cosine_lr(cfg.lr, cfg.steps, warmup=20), progress=progress,
-    )  # fmt: skip
+    params = freeze_all_but_camera(model)
+    step = redub_step_fn(model, clips, camera_clips, model.config, cfg, seed)
+    return _fine_tune(out_dir, "video", {"dit": model.dit}, params, cfg, step, progress)
 
 
 def _train_prompt(
@@ -424,12 +437,9 @@ def _train_prompt(
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save([dataclasses.asdict(c) | {"target": c.target, "start": c.start} for c in clips], cache)
     widen_text_encoder(model)
-    opt = torch.optim.AdamW(freeze_all_but_text(model), lr=cfg.lr, weight_decay=0.0)
-    return run_stage(
-        out_dir, "prompt", {"dit": model.dit, "text": model.text}, opt, cfg.steps,
-        prompt_step_fn(model, clips, model.config, cfg, seed),
-        cosine_lr(cfg.lr, cfg.steps, warmup=20), progress=progress,
-    )  # fmt: skip
+    params = freeze_all_but_text(model)
+    step = prompt_step_fn(model, clips, model.config, cfg, seed)
+    return _fine_tune(out_dir, "prompt", {"dit": model.dit, "text": model.text}, params, cfg, step, progress)
 
 
 def _stage_model(out_dir: Path, stage: str, config: ModelConfig, seed: int) -> LiveHumanModel:
