@@ -26,6 +26,7 @@ what keeps the mask off the VAE's blur; against the raw source the mask lights u
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,8 +90,11 @@ class SourceVideo:
     reference: torch.Tensor  # (1, C, 1, h, w): frame 0 as a still, the session's reference
 
     @classmethod
-    def prepare(cls, backend: Backend, frames: np.ndarray) -> SourceVideo:
-        """Encode ``frames`` ((F, H, W, 3) uint8 at the model's size and 25 fps) once."""
+    def prepare(
+        cls, backend: Backend, frames: np.ndarray, progress: Callable[[int, int], None] | None = None
+    ) -> SourceVideo:
+        """Encode ``frames`` ((F, H, W, 3) uint8 at the model's size and 25 fps) once; ``progress``
+        hears (latents done, latents in all) after each, since it takes seconds per second."""
         config = backend.config
         expected = (config.height, config.width, 3)
         if frames.ndim != 4 or frames.shape[1:] != expected or frames.dtype != np.uint8:
@@ -112,6 +116,8 @@ class SourceVideo:
             if j >= WARMUP_LATENTS:
                 latents.append(latent)
                 decoded.append(pixels[0].permute(1, 2, 3, 0))  # (4, H, W, 3)
+            if progress is not None:
+                progress(j + 1, WARMUP_LATENTS + count)
         round_trip = ((torch.cat(decoded) + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8).numpy()
         reference = backend.vae_encoder(to_model_input(loop[:1]))
         logger.info(

@@ -35,7 +35,7 @@ OPENAPI_PATH: Final = Path(__file__).with_name("openapi.json")
 MAX_TEXT_FIELD_BYTES: Final = 16 * 1024
 MAX_SEED: Final = 2**63 - 1
 FILE_FIELDS: Final = ("image", "video")
-TEXT_FIELDS: Final = ("prompt", "camera", "seed")
+TEXT_FIELDS: Final = ("prompt", "camera", "seed", "source")
 # Options a session can be given when the model supports them; the rest are refused until wired.
 CREATE_WIRED: Final = frozenset({"prompt", "camera", "video"})
 UPDATE_WIRED: Final = frozenset({"prompt", "camera"})
@@ -78,10 +78,12 @@ async def health(request: web.Request) -> web.Response:
 
 @dataclass(frozen=True)
 class CreateRequest:
-    """A parsed create: exactly one of ``image`` (a portrait) and ``video`` (to re-dub) is set."""
+    """A parsed create: exactly one of ``image`` (a portrait), ``video`` (to re-dub) and ``source``
+    (a video given to ``/v1/sources`` before) is set."""
 
     image: bytes | None
     video: bytes | None = None
+    source: str | None = None
     prompt: str = ""
     camera: object | None = None
     seed: int = 0
@@ -105,7 +107,7 @@ async def create_session(request: web.Request) -> web.Response:
     _check_prompt(manager.config, body.prompt)
     options = SessionOptions(prompt=body.prompt, seed=body.seed, camera=_camera(body.camera))
     try:
-        session = await manager.create(body.image, options, video=body.video)
+        session = await manager.create(body.image, options, video=body.video, source=body.source)
     except MediaError as exc:
         raise ApiError(400, f"{'image' if body.video is None else 'video'}: {exc}") from exc
     except ConfigError as exc:  # a video the model cannot re-dub or the loop cannot hold; names ``video``
@@ -190,18 +192,16 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
 
 
 def _parse_create_json(data: dict[str, Any], capabilities: Capabilities, max_upload: int) -> CreateRequest:
-    _reject_unknown(data, ("image_b64", "video_b64", "prompt", "camera", "seed"))
-    _require_supported(capabilities, {"video": "video_b64" in data}, CREATE_WIRED)
-    if "image_b64" in data and "video_b64" in data:
-        raise ApiError(400, "image_b64, video_b64: give one, a portrait or a video to re-dub, not both")
-    if "image_b64" not in data and "video_b64" not in data:
-        raise ApiError(400, "image_b64: required (a base64-encoded portrait, or video_b64 to re-dub a video)")
+    _reject_unknown(data, ("image_b64", "video_b64", "source", "prompt", "camera", "seed"))
+    _require_supported(capabilities, {"video": "video_b64" in data or "source" in data}, CREATE_WIRED)
+    _one_picture(("image_b64", "video_b64", "source"), data)
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ApiError(400, "seed: expected an integer")
     return CreateRequest(
         image=_base64_field(data, "image_b64", max_upload) if "image_b64" in data else None,
         video=_base64_field(data, "video_b64", max_upload) if "video_b64" in data else None,
+        source=_optional_str(data, "source"),
         prompt=_optional_str(data, "prompt") or "",
         camera=data.get("camera"),
         seed=_check_seed(seed),
@@ -221,16 +221,13 @@ async def _read_form(request: web.Request, capabilities: Capabilities) -> Create
             name = part.name or ""
             if name not in FILE_FIELDS + TEXT_FIELDS:
                 raise ApiError(400, f"{name or 'unnamed part'}: unknown form field")
-            _require_supported(capabilities, {"video": name == "video"}, CREATE_WIRED)  # before reading it
+            _require_supported(capabilities, {"video": name in ("video", "source")}, CREATE_WIRED)
             limit = max_upload if name in FILE_FIELDS else MAX_TEXT_FIELD_BYTES
             fields[name] = await _read_part(part, name, limit)
     except ValueError as exc:  # aiohttp's multipart parser reports a malformed body so
         raise ApiError(400, f"body: malformed multipart ({exc})") from exc
-    if "image" in fields and "video" in fields:
-        raise ApiError(400, "image, video: give one, a portrait or a video to re-dub, not both")
-    if "video" not in fields and not fields.get("image"):
-        raise ApiError(400, "image: required (a portrait file, or a video file as 'video' to re-dub it)")
     text = {name: _decode_text(fields[name], name) for name in TEXT_FIELDS if name in fields}
+    _one_picture(("image", "video", "source"), {k: v for k, v in fields.items() if v})
     seed = text.get("seed", "").strip()
     try:
         seed_value = int(seed) if seed else 0
@@ -239,6 +236,7 @@ async def _read_form(request: web.Request, capabilities: Capabilities) -> Create
     return CreateRequest(
         image=fields.get("image"),
         video=fields.get("video"),
+        source=text.get("source"),
         prompt=text.get("prompt", ""),
         camera=text.get("camera") or None,
         seed=_check_seed(seed_value),
@@ -274,6 +272,16 @@ def _base64_field(data: dict[str, Any], name: str, limit: int) -> bytes:
     if len(decoded) > limit:
         raise ApiError(413, f"{name}: larger than the {limit}-byte limit")
     return decoded
+
+
+def _one_picture(names: tuple[str, str, str], fields: dict[str, Any]) -> None:
+    """What the avatar shows: a portrait, a video to re-dub, or a source made from one earlier
+    (``names`` says what the request format calls those three)."""
+    given = [name for name in names if name in fields]
+    if len(given) > 1:
+        raise ApiError(400, f"{', '.join(given)}: give one, a portrait or a video to re-dub, not both")
+    if not given:
+        raise ApiError(400, f"{names[0]}: required (a portrait; to re-dub a video, {names[1]} or {names[2]})")
 
 
 def _optional_str(data: dict[str, Any], name: str) -> str | None:

@@ -37,6 +37,7 @@ Setup = Callable[[web.Application], None]
 # Route modules, each with ``setup(app)``.
 ROUTE_MODULES: Final[tuple[str, ...]] = (
     "stream.api",
+    "stream.sources_api",
     "stream.audio_ws",
     "stream.webrtc",
     "stream.rtmp_api",

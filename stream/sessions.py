@@ -13,27 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import secrets
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from engine.clock import Clock, MonotonicClock
-from engine.config import ModelConfig
+from engine.config import ConfigError, ModelConfig
 from engine.media import read_image, read_video
 from engine.redub import MAX_SECONDS, SourceVideo, check_source_length, check_video
 from engine.runtime.base import Backend
 from engine.scheduler import OutputFrame, WindowRecord
 from stream.session import FrameHook, Session, SessionOptions
+from stream.sources import SourceNotFound, SourceStore
 
 log = logging.getLogger(__name__)
 
-SOURCE_CACHE = 2  # encoded re-dub sources kept for reuse, ~75 MB each at 30 s
 
 # Window compute per stage, in seconds: 1 ms (a fake or a tiny stage) to 2.5 s (a stalled GPU).
 LATENCY_BUCKETS_S: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -150,7 +149,7 @@ class SessionManager:
         self._reserved = 0  # slots held by creates still encoding their portrait
         # Encoded re-dub sources by content: a host video is reused session after session (a
         # reconnect, the next broadcast), and encoding it takes about as long as it plays.
-        self._sources: OrderedDict[str, SourceVideo] = OrderedDict()
+        self.sources = SourceStore(backend)
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -176,15 +175,18 @@ class SessionManager:
         options: SessionOptions | None = None,
         *,
         video: bytes | np.ndarray | None = None,
+        source: str | None = None,
     ) -> Session:
-        """A new live session from exactly one of ``portrait`` or ``video`` (to re-dub). Each is
-        encoded (decoded off the loop; a ``MediaError`` if it is not an image or a video) or uint8
-        RGB at the model's size, (H, W, 3) or (F, H, W, 3) at 25 fps. A video on a model that cannot
-        re-dub, or one shorter than 1 s or longer than 30 s, is a ``ConfigError`` naming ``video``."""
-        if (portrait is None) == (video is None):
-            raise ValueError("a session needs a portrait or a video to re-dub, exactly one of them")
-        if video is not None:
+        """A new live session from exactly one of ``portrait``, ``video`` (to re-dub) or ``source``
+        (the id of a video given to ``sources`` before). Each is encoded (decoded off the loop; a
+        ``MediaError`` if it is not an image or a video) or uint8 RGB at the model's size, (H, W, 3)
+        or (F, H, W, 3) at 25 fps. A video on a model that cannot re-dub, one shorter than 1 s or
+        longer than 30 s, or a source that is not ready is a ``ConfigError`` naming the field."""
+        if sum(x is not None for x in (portrait, video, source)) != 1:
+            raise ValueError("a session needs a portrait, a video or a source to re-dub, exactly one of them")
+        if portrait is None:
             check_video(self.config)  # before a slot is taken and the upload decoded
+        ready = None if source is None else self._ready_source(source)
         if self._closed:
             raise ManagerClosed("the server is shutting down")
         if len(self._entries) + self._reserved >= self.limits.max_sessions:
@@ -193,11 +195,10 @@ class SessionManager:
         self._reserved += 1
         try:
             image = None if portrait is None else await self._portrait(portrait)
-            source = None if video is None else await self._source(await self._video(video))
+            if video is not None:
+                ready = await self.sources.ready(await self._video(video))
             session_id = secrets.token_urlsafe(9)  # 72 random bits: unguessable, and unique in practice
-            session = await Session.create(
-                session_id, self.backend, self.config, image, options, video=source
-            )
+            session = await Session.create(session_id, self.backend, self.config, image, options, video=ready)
         finally:
             self._reserved -= 1
         if self._closed:  # shut down while the portrait or video was encoding
@@ -334,20 +335,16 @@ class SessionManager:
             )
         return portrait
 
-    async def _source(self, frames: np.ndarray) -> SourceVideo:
-        """The encoded source of ``frames``, from the cache when the same video came before."""
-        # Hashing 30 s of frames takes tens of ms: off the loop, like the encoding.
-        key = await asyncio.to_thread(
-            lambda: hashlib.sha256(frames.tobytes()).hexdigest() + str(frames.shape)
-        )
-        source = self._sources.get(key)
-        if source is None:
-            source = await asyncio.to_thread(SourceVideo.prepare, self.backend, frames)
-            self._sources[key] = source
-            while len(self._sources) > SOURCE_CACHE:
-                self._sources.popitem(last=False)
-        self._sources.move_to_end(key)
-        return source
+    def _ready_source(self, source_id: str) -> SourceVideo:
+        try:
+            job = self.sources.get(source_id)
+        except SourceNotFound:
+            message = f"source: no source {source_id!r} here (give the video to /v1/sources first)"
+            raise ConfigError(message) from None
+        if job.source is None:
+            state = job.error or f"still encoding, {job.done} of {job.total} latents"
+            raise ConfigError(f"source: {source_id!r} is not ready ({state})")
+        return job.source
 
     async def _video(self, video: bytes | np.ndarray) -> np.ndarray:
         height, width = self.config.height, self.config.width

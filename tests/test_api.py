@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import io
 import re
+import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from PIL import Image
 from engine.clock import VirtualClock
 from engine.config import Capabilities
 from engine.media import read_video
-from engine.redub import MAX_SECONDS, mirror_loop
+from engine.redub import MAX_SECONDS, SourceVideo, mirror_loop
 from engine.runtime.base import Backend
 from stream.app import MANAGER_KEY, ServerConfig, build_app
 from stream.session import Session, SessionOptions
@@ -568,6 +569,138 @@ def test_bad_videos_get_a_400_or_422_naming_the_field(redub: tuple[Harness, byte
     for error, (_, _, message) in zip(harness.run(main()), cases, strict=True):
         assert error.startswith(message) and "\n" not in error, error
     assert len(harness.manager) == 0 and harness.manager.created_total == created
+
+
+def test_a_source_given_ahead_shows_its_progress_and_starts_sessions_without_waiting(
+    redub: tuple[Harness, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST /v1/sources answers at once; GET follows the encoding, a session asking for the
+    source before it is ready is refused saying how far it got, and once ready any number of
+    sessions start from the one encoding."""
+    harness, _ = redub
+    video = write_video(tmp_path / "host.mp4", frames=35).read_bytes()
+    gate = threading.Event()
+    real_prepare = SourceVideo.prepare
+
+    def held_prepare(backend: Backend, frames: np.ndarray, progress: Any) -> SourceVideo:
+        progress(1, 4)  # as if one latent were encoded, then held there until the test lets go
+        gate.wait(10)
+        return real_prepare(backend, frames, progress)
+
+    monkeypatch.setattr(SourceVideo, "prepare", held_prepare)
+    upload = {"data": video, "headers": {"Content-Type": "video/mp4"}}
+
+    async def main() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        response = await harness.client.post("/v1/sources", **upload)
+        seen["first"] = (response.status, await response.json(), response.headers["Location"])
+        location = seen["first"][2]
+        async with asyncio.timeout(5):
+            while (view := await (await harness.client.get(location)).json())["progress"]["done"] < 1:
+                await asyncio.sleep(0.01)
+        seen["preparing"] = view
+        source_id = view["id"]
+        early = await harness.client.post("/v1/sessions", json={"source": source_id})
+        seen["early"] = await _error(early, 422)
+        gate.set()
+        async with asyncio.timeout(5):
+            while (view := await (await harness.client.get(location)).json())["state"] != "ready":
+                await asyncio.sleep(0.01)
+        seen["ready"] = view
+        again = await harness.client.post("/v1/sources", **upload)
+        seen["again"] = (again.status, (await again.json())["id"])
+        sessions = []
+        for kwargs in (
+            {"json": {"source": source_id, "seed": 2}},
+            {"data": _form(image=None, source=source_id)},
+        ):
+            created = await harness.client.post("/v1/sessions", **kwargs)
+            assert created.status == 201, await created.text()
+            sessions.append(harness.manager.get((await created.json())["id"]))
+        seen["sources"] = [s.scheduler.generator.cond.source for s in sessions]
+        seen["job"] = harness.manager.sources.get(source_id).source
+        for session in sessions:
+            await harness.manager.close(session.id)
+        return seen
+
+    seen = harness.run(main())
+    status, first, location = seen["first"]
+    assert status == 202 and first["state"] == "preparing" and location == f"/v1/sources/{first['id']}"
+    assert first["seconds"] == pytest.approx(35 / 25)
+    assert seen["preparing"]["state"] == "preparing" and seen["preparing"]["progress"] == {
+        "done": 1,
+        "total": 4,
+    }
+    assert (
+        seen["early"].startswith("source: ") and "not ready (still encoding, 1 of 4 latents)" in seen["early"]
+    )
+    ready = seen["ready"]
+    assert ready["progress"]["done"] == ready["progress"]["total"] > 4  # the loop, forward and back
+    assert seen["again"] == (200, first["id"]), "the same video is the same source"
+    assert all(source is seen["job"] for source in seen["sources"]), "sessions share the one encoding"
+
+
+def test_bad_sources_get_a_4xx_naming_the_field(
+    redub: tuple[Harness, bytes], server: Harness, tmp_path: Path
+) -> None:
+    harness, _ = redub
+    short = write_video(tmp_path / "short.mp4", frames=10).read_bytes()
+    video = {"Content-Type": "video/mp4"}
+    cases = [
+        (
+            harness,
+            "post",
+            "/v1/sources",
+            {"data": b"abc", "headers": JSON},
+            415,
+            "body: Content-Type must be video/*",
+        ),
+        (harness, "post", "/v1/sources", {"data": b"", "headers": video}, 400, "video: empty body"),
+        (
+            harness,
+            "post",
+            "/v1/sources",
+            {"data": b"not a video", "headers": video},
+            400,
+            "video: video file",
+        ),
+        (
+            harness,
+            "post",
+            "/v1/sources",
+            {"data": bytes(MAX_UPLOAD + 1), "headers": video},
+            413,
+            "video: larger",
+        ),
+        (
+            harness,
+            "post",
+            "/v1/sources",
+            {"data": short, "headers": video},
+            422,
+            "video: 0.40 s is too short",
+        ),
+        (server, "post", "/v1/sources", {"data": short, "headers": video}, 422, "video: model 'tiny' cannot"),
+        (harness, "get", "/v1/sources/nope", {}, 404, "source 'nope': not found"),
+        (harness, "post", "/v1/sessions", {"json": {"source": "nope"}}, 422, "source: no source 'nope' here"),
+        (server, "post", "/v1/sessions", {"json": {"source": "nope"}}, 422, "video: not supported"),
+        (
+            harness,
+            "post",
+            "/v1/sessions",
+            {"json": {"source": "nope", "image_b64": base64.b64encode(png_bytes()).decode()}},
+            400,
+            "image_b64, source: give one",
+        ),
+    ]
+
+    async def call(on: Harness, method: str, path: str, kwargs: dict, status: int) -> str:
+        return await _error(await getattr(on.client, method)(path, **kwargs), status)
+
+    for on, method, path, kwargs, status, message in cases:
+        error = on.run(call(on, method, path, kwargs, status))
+        assert error.startswith(message) and "\n" not in error, error
+    assert len(harness.manager) == 0
 
 
 def test_build_app_takes_extra_route_modules() -> None:
