@@ -294,3 +294,20 @@ def test_bench_options_come_from_the_command_line() -> None:
     options = options_from(args)
     assert options.suite == "e2e" and options.duration == 300.0 and options.smoke
     assert options.extra["calibrate_ms"] == 0 and options.extra["interrupts"] is None
+
+
+def test_audio_ceiling_probes_read_what_the_features_hold_and_nothing_else() -> None:
+    from benchmarks.audio_ceiling import mlp, ridge, scores, with_context
+
+    rng = np.random.default_rng(0)
+    mouth = rng.random(600)
+    informative = np.stack([mouth + 0.05 * rng.standard_normal(600), rng.standard_normal(600)], axis=1)
+    blind = rng.standard_normal((600, 2))
+    speech = mouth > 0.3
+    train, held = slice(0, 400), slice(400, 600)
+    for probe in (ridge, lambda x, y, v: mlp(x, y, v, steps=300, seed=0)):
+        told = scores(probe(informative[train], mouth[train], informative[held]), mouth[held], speech[held])
+        guessed = scores(probe(blind[train], mouth[train], blind[held]), mouth[held], speech[held])
+        assert told["lipsync_corr"] > 0.95 and abs(guessed["lipsync_corr"]) < 0.25, (told, guessed)
+    framed = with_context(np.arange(4.0)[:, None], 1)
+    assert framed.tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3]]
