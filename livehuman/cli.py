@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--addons",
         help="with --finetune: which add-ons, comma-separated from lipsync,decoder,camera,video,prompt "
         "(default: all it lacks; the shipped default has lipsync,decoder,camera,video, the prompt model "
-        "has decoder,camera,video,prompt)",
+        "has lipsync,decoder,camera,prompt)",
     )
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser(
