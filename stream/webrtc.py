@@ -531,13 +531,13 @@ class WhepService:
             *(self.close_viewer(viewer_id, "server shutdown") for viewer_id in list(self._viewers)),
             return_exceptions=True,
         )
+        # Closes already under way (a session that ended first) are awaited, not cancelled: a
+        # peer connection cut off half-closed leaves aiortc's receiver thread waiting, and the
+        # process could not exit (each close is bounded by PC_CLOSE_TIMEOUT_S).
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for encoder in list(self._encoders.values()):
             await encoder.stop()
         self._encoders.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 WHEP_SERVICE: Final = web.AppKey("whep_service", WhepService)

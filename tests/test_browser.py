@@ -70,9 +70,10 @@ def server():  # noqa: ANN201
     yield f"http://127.0.0.1:{port}"
     process.terminate()
     try:
-        process.wait(timeout=15)
+        process.wait(timeout=10)  # a stop (docker, systemd) is SIGTERM: the server must exit
     except subprocess.TimeoutExpired:
         process.kill()
+        pytest.fail("the server did not exit within 10 s of SIGTERM")
 
 
 def test_demo_page_drives_the_avatar_with_the_microphone_and_decodes_video(server, tmp_path) -> None:  # noqa: ANN001

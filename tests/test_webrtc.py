@@ -478,6 +478,31 @@ def test_a_peer_connection_that_never_closes_does_not_hold_up_the_viewers_releas
     assert "peer connection still closing" in caplog.text
 
 
+def test_shutdown_finishes_a_close_that_the_session_s_end_began() -> None:
+    """At shutdown the sessions close first, and each ending session starts closing its viewers;
+    the service's shutdown must let those closes finish (it once cancelled them, and the peer
+    connection, half closed, kept aiortc's receiver thread alive: the server never exited)."""
+
+    async def main() -> str:
+        session, service, client = await _start(WebRtcOptions(ice_hosts=("127.0.0.1",)))
+        viewer = _Viewer()
+        try:
+            await viewer.connect(client, "s1", "a=end-of-candidates\r\n")
+            server_pc = next(iter(service.viewers.values())).pc
+            await session.close()  # the encoder's frames end, and the viewer's close begins
+            async with asyncio.timeout(5):
+                while service.viewers:
+                    await asyncio.sleep(0)
+            await service.close_all()  # at once, as the app's shutdown does
+            state = server_pc.connectionState
+        finally:
+            await viewer.close()
+            await client.close()
+        return state
+
+    assert asyncio.run(main()) == "closed"
+
+
 def test_whep_refuses_bad_requests_with_clear_4xx() -> None:
     async def main() -> list[tuple[int, str]]:
         options = WebRtcOptions(ice_hosts=("127.0.0.1",), connect_timeout_s=0.3)
