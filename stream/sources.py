@@ -78,9 +78,11 @@ class SourceStore:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def get(self, source_id: str) -> SourceJob:
+        """The job, counted as a use: the sources asked for last are the ones kept."""
         job = self._jobs.get(source_id)
         if job is None:
             raise SourceNotFound(source_id)
+        self._jobs.move_to_end(source_id)
         return job
 
     async def submit(self, frames: np.ndarray) -> SourceJob:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import io
 import re
@@ -32,6 +33,7 @@ from engine.runtime.base import Backend
 from stream.app import MANAGER_KEY, ServerConfig, build_app
 from stream.session import Session, SessionOptions
 from stream.sessions import ManagerClosed, SessionLimits, SessionManager
+from stream.sources import SourceNotFound, SourceStore
 from tests.fakes import FakeBackend, fake_config
 from tests.test_cli import write_video
 from tests.test_scheduler import tone
@@ -701,6 +703,28 @@ def test_bad_sources_get_a_4xx_naming_the_field(
         error = on.run(call(on, method, path, kwargs, status))
         assert error.startswith(message) and "\n" not in error, error
     assert len(harness.manager) == 0
+
+
+def test_the_store_keeps_the_sources_used_last_and_encodes_a_video_once() -> None:
+    async def main() -> tuple[list[str], bool, list[str]]:
+        store = SourceStore(FakeBackend(CONFIG), capacity=2)
+        videos = [np.full((30, CONFIG.height, CONFIG.width, 3), level, np.uint8) for level in (10, 20, 30)]
+        first = await store.ready(videos[0])
+        again = await store.ready(videos[0])
+        ids = [(await store.submit(video)).id for video in videos[:2]]
+        await store.ready(videos[1])
+        store.get(ids[0])  # a session asked for the first: it is the one used last now
+        ids.append((await store.submit(videos[2])).id)
+        await store.ready(videos[2])
+        kept = []
+        for source_id in ids:
+            with contextlib.suppress(SourceNotFound):
+                kept.append(store.get(source_id).id)
+        return ids, again is first, kept
+
+    ids, reused, kept = asyncio.run(main())
+    assert reused, "the same video is encoded once"
+    assert kept == [ids[0], ids[2]], "the second source, used least recently, made room"
 
 
 def test_build_app_takes_extra_route_modules() -> None:
