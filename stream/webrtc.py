@@ -66,7 +66,6 @@ ICE_HOSTS_ENV: Final = "LIVEHUMAN_ICE_HOSTS"
 ICE_SCHEMES: Final = ("stun:", "stuns:", "turn:", "turns:")
 VIDEO_QUEUE_FRAMES: Final = 25  # 1 s: a sender this far behind resyncs from a keyframe
 AUDIO_QUEUE_PACKETS: Final = 50  # 1 s of 20 ms packets; the oldest go first
-PC_CLOSE_TIMEOUT_S: Final = 1.0  # a viewer's peer connection gets this long to close
 GetSession = Callable[[str], Session | None]
 
 
@@ -295,18 +294,9 @@ class Viewer:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.encoder.detach(self)
-        # The peer connection before the tracks (aiortc#283: stopping a sender's track first can
-        # leave close() waiting), and bounded: a close that still hangs must not hold up the
-        # server's shutdown, whose 3 s grace the viewers share.
-        closing = asyncio.ensure_future(self.pc.close())
-        _, pending = await asyncio.wait({closing}, timeout=PC_CLOSE_TIMEOUT_S)
-        if pending:
-            closing.cancel()
-            log.warning(
-                "viewer %s: peer connection still closing after %g s; dropped", self.id, PC_CLOSE_TIMEOUT_S
-            )
         self.video.stop()
         self.audio.stop()
+        await self.pc.close()
 
 
 def _route_keyframe_requests(sender: RTCRtpSender, encoder: SharedEncoder) -> None:
@@ -533,7 +523,7 @@ class WhepService:
         )
         # Closes already under way (a session that ended first) are awaited, not cancelled: a
         # peer connection cut off half-closed leaves aiortc's receiver thread waiting, and the
-        # process could not exit (each close is bounded by PC_CLOSE_TIMEOUT_S).
+        # process could not exit.
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for encoder in list(self._encoders.values()):
             await encoder.stop()
