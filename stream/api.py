@@ -14,7 +14,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -223,7 +223,7 @@ async def _read_form(request: web.Request, capabilities: Capabilities) -> Create
                 raise ApiError(400, f"{name or 'unnamed part'}: unknown form field")
             _require_supported(capabilities, {"video": name in ("video", "source")}, CREATE_WIRED)
             limit = max_upload if name in FILE_FIELDS else MAX_TEXT_FIELD_BYTES
-            fields[name] = await _read_part(part, name, limit)
+            fields[name] = await read_limited(part.read_chunk, name, limit)
     except ValueError as exc:  # aiohttp's multipart parser reports a malformed body so
         raise ApiError(400, f"body: malformed multipart ({exc})") from exc
     text = {name: _decode_text(fields[name], name) for name in TEXT_FIELDS if name in fields}
@@ -243,9 +243,11 @@ async def _read_form(request: web.Request, capabilities: Capabilities) -> Create
     )
 
 
-async def _read_part(part: BodyPartReader, name: str, limit: int) -> bytes:
+async def read_limited(read: Callable[[int], Awaitable[bytes]], name: str, limit: int) -> bytes:
+    """Read an upload in chunks (``read(n)`` gives b"" at its end), cut off past ``limit`` bytes
+    with a 413 naming ``name`` rather than buffered whole."""
     data = bytearray()
-    while chunk := await part.read_chunk(64 * 1024):
+    while chunk := await read(64 * 1024):
         data += chunk
         if len(data) > limit:
             raise ApiError(413, f"{name}: larger than the {limit}-byte limit")

@@ -196,7 +196,7 @@ class SessionManager:
         try:
             image = None if portrait is None else await self._portrait(portrait)
             if video is not None:
-                ready = await self.sources.ready(await self._video(video))
+                ready = await self.sources.ready(await self.decode_video(video))
             session_id = secrets.token_urlsafe(9)  # 72 random bits: unguessable, and unique in practice
             session = await Session.create(session_id, self.backend, self.config, image, options, video=ready)
         finally:
@@ -346,7 +346,9 @@ class SessionManager:
             raise ConfigError(f"source: {source_id!r} is not ready ({state})")
         return job.source
 
-    async def _video(self, video: bytes | np.ndarray) -> np.ndarray:
+    async def decode_video(self, video: bytes | np.ndarray) -> np.ndarray:
+        """A re-dub source's frames at the model's size: a file decoded off the loop (a
+        ``MediaError`` if it is not a video), or frames checked; 1-30 s (else a ``ConfigError``)."""
         height, width = self.config.height, self.config.width
         if isinstance(video, bytes):
             # Decoding seconds of video stalls every other session if it runs on the loop.

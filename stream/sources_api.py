@@ -8,14 +8,14 @@ video in it answers only when that is done; here the upload answers at once (``2
 
 from __future__ import annotations
 
-import asyncio
 from typing import Final
 
 from aiohttp import web
 
 from engine.config import ConfigError
-from engine.media import MediaError, read_video
-from engine.redub import MAX_SECONDS, check_source_length, check_video
+from engine.media import MediaError
+from engine.redub import check_video
+from stream.api import read_limited
 from stream.app import CONFIG_KEY, MANAGER_KEY, ApiError
 from stream.sources import SourceNotFound
 
@@ -40,20 +40,11 @@ async def create_source(request: web.Request) -> web.Response:
             415, f"body: Content-Type must be video/* or application/octet-stream, not {request.content_type}"
         )
     limit = request.app[CONFIG_KEY].max_upload_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, f"video: larger than the {limit}-byte limit")
-    data = bytearray()
-    while chunk := await request.content.read(64 * 1024):
-        data += chunk
-        if len(data) > limit:
-            raise ApiError(413, f"video: larger than the {limit}-byte limit")
+    data = await read_limited(request.content.read, "video", limit)
     if not data:
         raise ApiError(400, "video: empty body")
-    config = manager.config
     try:
-        # Decoding seconds of video would stall every session if it ran on the loop.
-        frames = await asyncio.to_thread(read_video, bytes(data), config.height, config.width, MAX_SECONDS)
-        check_source_length(len(frames))
+        frames = await manager.decode_video(data)
     except MediaError as exc:
         raise ApiError(400, f"video: {exc}") from exc
     except ConfigError as exc:

@@ -78,8 +78,7 @@ def decoder_parameter_groups(model: LiveHumanModel) -> list[dict]:
 def clip_features(model: LiveHumanModel, clip: Clip) -> torch.Tensor:
     """(F, Da) the audio encoder's feature for each clip frame (frame j from sample 640 j on)."""
     n = clip.num_frames
-    extra = model.config.audio.n_fft - model.config.audio.hop_length
-    audio = np.zeros(n * SAMPLES_PER_FRAME + extra, np.float32)
+    audio = np.zeros(model.audio.num_samples(n), np.float32)
     audio[: min(len(clip.audio), n * SAMPLES_PER_FRAME)] = clip.audio[: n * SAMPLES_PER_FRAME]
     return model.audio(torch.from_numpy(audio)[None])[0]
 
