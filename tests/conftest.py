@@ -21,22 +21,22 @@ def livehuman_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model() -> LiveHumanModel:
+def default_model() -> LiveHumanModel:
     """The shipped default model (the ``tiny`` preset, trained): the export and backend tests
     work on the weights users run, and share one export with the model tests."""
     return resolve_model("default")
 
 
 @pytest.fixture(scope="session")
-def tiny_export(tiny_model: LiveHumanModel, livehuman_cache: Path) -> Path:
+def default_export(default_model: LiveHumanModel, livehuman_cache: Path) -> Path:
     """The default model built through the engine cache, as a server start would: the CPU
     default (int8 DiT, everything else float32, default opset). Tests that damage it work on a
     copy or put it back."""
-    return ensure_exported(tiny_model, precision="int8", cache_dir=livehuman_cache / "engines")
+    return ensure_exported(default_model, precision="int8", cache_dir=livehuman_cache / "engines")
 
 
 @pytest.fixture(scope="session")
-def default_backend(tiny_model: LiveHumanModel, tiny_export: Path, livehuman_cache: Path) -> Backend:
+def default_backend(default_model: LiveHumanModel, default_export: Path, livehuman_cache: Path) -> Backend:
     """The shipped default model on the CPU's default backend (onnx, int8 DiT), as `make run`
-    serves it, from the run's one export (``tiny_export``): it renders about 40% faster than torch."""
-    return load_backend("onnx", tiny_model, threads=2, cache_dir=livehuman_cache / "engines")
+    serves it, from the run's one export (``default_export``): it renders about 40% faster than torch."""
+    return load_backend("onnx", default_model, threads=2, cache_dir=livehuman_cache / "engines")

@@ -32,14 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model: LiveHumanModel) -> LiveHumanModel:
-    return tiny_model
+def model(default_model: LiveHumanModel) -> LiveHumanModel:
+    return default_model
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_export: Path) -> Path:
-    """The tiny model's CPU-default export (int8 DiT), shared with the export tests."""
-    return tiny_export
+def exported(default_export: Path) -> Path:
+    """The shipped default model's CPU-default export (int8 DiT), shared with the export tests."""
+    return default_export
 
 
 @pytest.fixture

@@ -34,15 +34,15 @@ class Rebuilt(Exception):
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model: LiveHumanModel) -> LiveHumanModel:
-    return tiny_model
+def model(default_model: LiveHumanModel) -> LiveHumanModel:
+    return default_model
 
 
 @pytest.fixture(scope="module")
-def cached(tiny_export: Path) -> Path:
-    """The tiny model built through the engine cache, as a server start would: the CPU default
+def cached(default_export: Path) -> Path:
+    """The shipped default model built through the engine cache, as a server start would: the CPU default
     (int8 DiT); shared with the backend tests."""
-    return tiny_export
+    return default_export
 
 
 @pytest.fixture
