@@ -14,13 +14,13 @@ mouth), encoded by the frozen encoder; the latents get a little noise (a DiT's l
 an encoder's); the loss is L1 with the mouth weighted, plus L1 on frame-to-frame differences, so
 motion lands in the frames where it happens rather than at latent boundaries.
 
-Measured on the default model, 3 held-out clips (seed 5, 8 s, 4 steps), lip-sync all / speech
-frames: a 12-minute trial (1172 steps at constant rates, ``/work/exp/dec_audio.py``, uncommitted)
-took the round trip from 0.829 / 0.627 to 0.924 / 0.846 and generated video from 0.749 / 0.564 to
-0.808 / 0.629; this stage as configured (``livehuman train --finetune default --addons decoder``,
-1200 steps, 723 s on the 2-core CPU) to 0.858 / 0.713. The decoder then moves the mouth inside
-each latent, which makes latent-to-latent flicker stand out more (seam ratio 2.4 -> 3.5): the
-scheduler's ``boundary_ease`` is what answers that.
+Measured on the default model: this stage as configured (``livehuman train --finetune default
+--addons decoder``, 1200 steps, 723 s on the 2-core CPU), with the scheduler's ``boundary_ease``,
+took the standard report (``livehuman eval --preset default --clips 4 --steps 4``) from lip-sync
+0.71 / 0.41 on speech frames to 0.88 / 0.73 (benchmarks/results/quality-default-20261126T062132Z
+and -080818Z). The decoder then moves the mouth inside each latent, which makes latent-to-latent
+flicker stand out more (seam ratio 2.4 -> 3.5 on 3 held-out clips in trial scripts outside the
+repo): ``boundary_ease`` is what answers that (0.82 in the report).
 """
 
 from __future__ import annotations
