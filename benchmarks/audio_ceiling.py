@@ -124,7 +124,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     torch.set_num_threads(2)
     result = run(args)
-    path = write_result(result, args.out, f"audio-ceiling-{args.preset}")
+    path = write_result(result, args.out, f"audio-ceiling-{Path(args.preset).name}")
     log.info(
         "ridge %s, mlp %s, estimator on truth %s -> %s",
         result["ridge_probe"],

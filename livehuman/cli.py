@@ -240,15 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--finetune",
         metavar="MODEL",
-        help="run only the add-on stages this trained model lacks (lip-sync audio positions, the "
-        "decoder's hearing, camera branch, video re-dub, prompt control) on it (default, or a model "
+        help="run only the add-on stages this trained model lacks (hearing: a deeper audio encoder, "
+        "lip-sync audio positions, the decoder's audio adapters, camera branch, video re-dub, prompt "
+        "control) on it (default, or a model "
         "directory) instead of training from scratch",
     )
     train.add_argument(
         "--addons",
-        help="with --finetune: which add-ons, comma-separated from lipsync,decoder,camera,video,prompt "
-        "(default: all it lacks; the shipped default has lipsync,decoder,camera,video, the prompt model "
-        "has lipsync,decoder,camera,prompt)",
+        help="with --finetune: which add-ons, comma-separated from hearing,lipsync,decoder,camera,video,"
+        "prompt (default: all it lacks; the shipped default has hearing,lipsync,decoder,camera,video, the "
+        "prompt model lipsync,decoder,camera,prompt)",
     )
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser(

@@ -134,6 +134,8 @@ def test_smoke_training_run_saves_a_loadable_model_and_resumes_as_done(tmp_path)
         "dit",
         "trajectories",
         "distill",
+        "hearing",
+        "lipsync",
         "decoder",
         "camera",
         "video",
@@ -173,7 +175,7 @@ def test_the_lipsync_stage_teaches_an_old_model_audio_positions_and_touches_only
 
 
 def test_the_decoder_stage_teaches_the_decoder_to_hear_and_touches_only_the_decoder(tmp_path):
-    from engine.training.decoder_stage import lacks_hearing
+    from engine.training.decoder_stage import decoder_lacks_audio
     from engine.training.pipeline import finetune
     from engine.weights import save_model
 
@@ -181,14 +183,69 @@ def test_the_decoder_stage_teaches_the_decoder_to_hear_and_touches_only_the_deco
     with torch.no_grad():  # a model from before the adapters: they load as zeros
         for p in old.vae.decoder.audio_adapters.parameters():
             p.zero_()
-    assert lacks_hearing(old)
+    assert decoder_lacks_audio(old)
     save_model(old, tmp_path / "old")
     out = finetune(tmp_path / "old", tmp_path / "run", PLANS["smoke"], addons=("decoder",))
     new = load_model(out)
-    assert not lacks_hearing(new) and new.config == old.config
+    assert not decoder_lacks_audio(new) and new.config == old.config
     changed = {k for k, v in new.state_dict().items() if not torch.equal(v, old.state_dict()[k])}
     assert any(".audio_adapters." in k for k in changed)
     assert changed and all(k.startswith("vae.decoder.") for k in changed)
     again = finetune(out, tmp_path / "again", PLANS["smoke"], addons=("decoder",))  # nothing lacks
     assert not RunState(tmp_path / "again").done("decoder")
+    assert all(torch.equal(v, new.state_dict()[k]) for k, v in load_model(again).state_dict().items())
+
+
+def test_deepening_the_audio_encoder_keeps_its_features_and_records_the_depth():
+    from engine.training.hearing_stage import deepen_encoder
+
+    model = LiveHumanModel.random(get_preset("tiny"), seed=2)
+    audio = torch.randn(1, model.audio.num_samples(12), generator=torch.Generator().manual_seed(0))
+    before = model.audio(audio)
+    deepen_encoder(model, 4)
+    assert torch.equal(model.audio(audio), before)
+    assert len(model.audio.blocks) == model.config.audio.num_layers == 4 and model.audio.receptive_frames == 5
+
+
+def test_the_hearing_loss_goes_down(clips):
+    from engine.training.hearing_stage import HearingTrainConfig, MouthHead, hearing_step_fn
+    from engine.training.windows import clip_audio_track
+
+    cfg = HearingTrainConfig(batch=4)
+    model = LiveHumanModel.random(get_preset("tiny"), seed=3)
+    head = MouthHead(model.config.audio.dim, cfg.head_frames)
+    opt = torch.optim.Adam([*model.audio.parameters(), *head.parameters()], lr=2e-3)
+    step = hearing_step_fn(model, head, [clip_audio_track(c) for c in clips], cfg, seed=0)
+    losses = []
+    for i in range(40):
+        opt.zero_grad()
+        losses.append(step(i)["loss"])
+        opt.step()
+    assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8]), losses
+
+
+def test_the_hearing_stage_deepens_the_encoder_and_resets_what_reads_it(tmp_path):
+    from engine.training.decoder_stage import decoder_lacks_audio
+    from engine.training.pipeline import finetune
+    from engine.weights import save_model
+
+    old = LiveHumanModel.random(get_preset("tiny"), seed=2)
+    with torch.no_grad():
+        old.dit.audio_position.normal_()  # as if the lip-sync stage had run
+    save_model(old, tmp_path / "old")
+    out = finetune(tmp_path / "old", tmp_path / "run", PLANS["smoke"], addons=("hearing",))
+    new = load_model(out)
+    depth = PLANS["smoke"].hearing.num_layers
+    assert len(new.audio.blocks) == new.config.audio.num_layers == depth > old.config.audio.num_layers
+    # The features changed, so the lip-sync and decoder stages must run again.
+    assert not new.dit.audio_position.any() and decoder_lacks_audio(new)
+    old_state = old.state_dict()
+    changed = {
+        k for k, v in new.state_dict().items() if k not in old_state or not torch.equal(v, old_state[k])
+    }
+    readers = ("dit.audio_position", "vae.decoder.audio_adapters.")
+    assert any(k.startswith("audio.") for k in changed)
+    assert all(k.startswith(("audio.", *readers)) for k in changed)
+    again = finetune(out, tmp_path / "again", PLANS["smoke"], addons=("hearing",))  # deep enough
+    assert not RunState(tmp_path / "again").done("hearing")
     assert all(torch.equal(v, new.state_dict()[k]) for k, v in load_model(again).state_dict().items())

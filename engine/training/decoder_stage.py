@@ -1,4 +1,4 @@
-"""Add-on stage: the VAE decoder learns to hear, with the encoder frozen.
+"""Add-on stage: the VAE decoder learns to read audio, with the encoder frozen.
 
 Why. A latent holds four frames in 8 channels at 1/8 resolution, and the mouth changes within
 those four frames as fast as speech does: on 3 held-out clips the VAE round trip kept 0.83 of the
@@ -53,7 +53,7 @@ class DecoderTrainConfig:
 DECODER_LR_SCALE = 0.2
 
 
-def lacks_hearing(model: LiveHumanModel) -> bool:
+def decoder_lacks_audio(model: LiveHumanModel) -> bool:
     """True while the decoder's audio adapters are the identity (their output still zero)."""
     return not any(bool(a.out.conv.weight.detach().any()) for a in model.vae.decoder.audio_adapters)
 

@@ -35,9 +35,9 @@ from engine.training.camera_stage import (
 from engine.training.decoder_stage import (
     DecoderTrainConfig,
     clip_features,
+    decoder_lacks_audio,
     decoder_parameter_groups,
     decoder_step_fn,
-    lacks_hearing,
 )
 from engine.training.distill_stage import DistillConfig, cache_trajectories, distill_step_fn
 from engine.training.dit_stage import (
@@ -46,6 +46,14 @@ from engine.training.dit_stage import (
     audio_step_fn,
     dit_step_fn,
     probe_correlation,
+)
+from engine.training.hearing_stage import (
+    HearingTrainConfig,
+    MouthHead,
+    deepen_encoder,
+    hearing_step_fn,
+    lacks_depth,
+    reset_readers,
 )
 from engine.training.lipsync_stage import LipsyncTrainConfig, freeze_all_but_audio_path
 from engine.training.prompt_stage import (
@@ -64,12 +72,19 @@ from engine.training.vae_stage import (
     vae_metrics,
     vae_step_fn,
 )
-from engine.training.windows import EncodedClip, encode_clips
+from engine.training.windows import EncodedClip, clip_audio_track, encode_clips
 from engine.weights import load_model, save_model
 
 log = logging.getLogger(__name__)
 
-ADDONS = ("lipsync", "decoder", "camera", "video", "prompt")  # fine-tune stages, in the order they run
+ADDONS = (
+    "hearing",
+    "lipsync",
+    "decoder",
+    "camera",
+    "video",
+    "prompt",
+)  # fine-tune stages, in the order they run
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,7 @@ class TrainPlan:
     vae: VAETrainConfig = field(default_factory=VAETrainConfig)
     dit: DiTTrainConfig = field(default_factory=DiTTrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    hearing: HearingTrainConfig = field(default_factory=HearingTrainConfig)
     lipsync: LipsyncTrainConfig = field(default_factory=LipsyncTrainConfig)
     decoder: DecoderTrainConfig = field(default_factory=DecoderTrainConfig)
     camera: CameraTrainConfig = field(default_factory=CameraTrainConfig)
@@ -101,6 +117,7 @@ PLANS = {
         vae=VAETrainConfig(steps=12, batch=2, crop=32),
         dit=DiTTrainConfig(audio_steps=10, steps=30, batch=4),
         distill=DistillConfig(teacher_steps=4, trajectories=8, chunk=4, steps=6, batch=4),
+        hearing=HearingTrainConfig(clips=3, steps=6, batch=2, num_layers=3),
         lipsync=LipsyncTrainConfig(clips=3, steps=6, batch=2),
         decoder=DecoderTrainConfig(steps=6, batch=2, crop=32),
         camera=CameraTrainConfig(clips=2, steps=6, batch=2),
@@ -244,8 +261,9 @@ def finetune(
     model_dir: Path, out_dir: Path, plan: TrainPlan, seed: int = 0, addons: tuple[str, ...] = ADDONS
 ) -> Path:
     """The add-on stages of ``addons`` a trained model lacks, in ``ADDONS`` order, each with the
-    rest of the model frozen: lip-sync (the audio path with its token positions, for a model
-    trained before they existed), the VAE decoder's hearing (its audio adapters), the camera
+    rest of the model frozen: hearing (a deeper audio encoder taught the mouth directly; it resets
+    the next two, which read its features), lip-sync (the audio path with its token positions, for
+    a model trained before they existed), the VAE decoder's audio adapters, the camera
     branch (clips with camera moves), re-dubbing a video (the same branch, on source/re-dub
     pairs), prompt control (clips rendered with and without the prompt's attributes). Writes
     ``OUT/model``, which declares the capabilities; resumable."""
@@ -258,6 +276,7 @@ def finetune(
     model = load_model(model_dir)
     given = model.config.capabilities
     stages = {
+        "hearing": _train_hearing,
         "lipsync": _train_lipsync,
         "decoder": _train_decoder,
         "camera": _train_camera,
@@ -265,7 +284,7 @@ def finetune(
         "prompt": _train_prompt,
     }
     for name in ADDONS:
-        if name in addons and _lacks(model, name):
+        if name in addons and _lacks(model, name, plan):
             model = _addon_stage(name, stages[name], model, out_dir, plan, seed, state, progress)
     progress.close()
     target = out_dir / "model"
@@ -274,13 +293,16 @@ def finetune(
     return target
 
 
-def _lacks(model: LiveHumanModel, addon: str) -> bool:
-    """Lip-sync is missing while the audio positions are still zero, the decoder's hearing while
-    its adapters are; the rest are capabilities."""
+def _lacks(model: LiveHumanModel, addon: str, plan: TrainPlan) -> bool:
+    """Hearing is missing while the audio encoder is shallower than the plan's, lip-sync while the
+    audio positions are still zero, the decoder's audio adapters while they are; the rest are
+    capabilities."""
+    if addon == "hearing":
+        return lacks_depth(model, plan.hearing)
     if addon == "lipsync":
         return not bool(model.dit.audio_position.detach().any())
     if addon == "decoder":
-        return lacks_hearing(model)
+        return decoder_lacks_audio(model)
     return not getattr(model.config.capabilities, addon)
 
 
@@ -362,6 +384,25 @@ def _portrait_clips(out_dir: Path, plan: TrainPlan, seed: int, progress: _Progre
         progress=lambda d, t: progress("data", d, t),
     )  # fmt: skip
     return list(data.iter_clips(data_dir, "train"))
+
+
+def _train_hearing(
+    model: LiveHumanModel, out_dir: Path, plan: TrainPlan, seed: int, progress: _Progress
+) -> dict[str, float]:
+    cfg = plan.hearing
+    data_dir = out_dir / "hearing_data"
+    data.generate(
+        data_dir, {"train": cfg.clips}, seed=seed, progress=lambda d, t: progress("hearing data", d, t)
+    )
+    tracks = [clip_audio_track(clip) for clip in data.iter_clips(data_dir, "train")]
+    deepen_encoder(model, cfg.num_layers)
+    reset_readers(model)
+    model.requires_grad_(False)
+    model.audio.requires_grad_(True)
+    head = MouthHead(model.config.audio.dim, cfg.head_frames)
+    params = [*model.audio.parameters(), *head.parameters()]
+    step = hearing_step_fn(model, head, tracks, cfg, seed)
+    return _fine_tune(out_dir, "hearing", {"audio": model.audio, "head": head}, params, cfg, step, progress)
 
 
 def _train_lipsync(

@@ -53,15 +53,63 @@ def encode_clip(model: LiveHumanModel, clip: Clip, max_frames: int = 301) -> Enc
         for frame in range(max(0, 4 * k - 3), 4 * k + 1):
             y0, y1, x0, x1 = clip.mouth_box(frame, cfg.height)
             mask[k, y0 // f : -(-y1 // f), x0 // f : -(-x1 // f)] = 1.0
-    pad = np.zeros(_AUDIO_PAD_FRAMES * SAMPLES_PER_FRAME, np.float32)
     moved = clip.meta.get("camera", {}).get("preset", "static") != "static"
     return EncodedClip(
         latents=latents[0],
         reference=reference[0],
-        audio=np.concatenate([pad, clip.audio[: n * SAMPLES_PER_FRAME], pad]),
-        mouth=np.stack([clip.track.mouth_open[:n], clip.track.mouth_width[:n]], axis=1).astype(np.float32),
+        audio=_padded_audio(clip, n),
+        mouth=_mouth(clip, n),
         mouth_mask=mask,
         camera=clip_latent_poses(clip, T) if moved else None,
+    )
+
+
+def _padded_audio(clip: Clip, frames: int) -> np.ndarray:
+    pad = np.zeros(_AUDIO_PAD_FRAMES * SAMPLES_PER_FRAME, np.float32)
+    return np.concatenate([pad, clip.audio[: frames * SAMPLES_PER_FRAME], pad])
+
+
+def _mouth(clip: Clip, frames: int) -> np.ndarray:
+    return np.stack([clip.track.mouth_open[:frames], clip.track.mouth_width[:frames]], axis=1).astype(
+        np.float32
+    )
+
+
+@dataclass
+class AudioTrack:
+    """A clip's audio and mouth alone, as ``EncodedClip`` holds them: what the hearing stage
+    trains on (no frames, so no rendering or encoding)."""
+
+    audio: np.ndarray  # (N,) float32 at 16 kHz, zero-padded by _AUDIO_PAD_FRAMES each side
+    mouth: np.ndarray  # (F, 2) float32 ground-truth mouth open and width per clip frame
+
+    @property
+    def num_latents(self) -> int:
+        """Clip latents, counted as ``encode_clip`` does (latent 0 is frame 0 alone)."""
+        return 1 + (len(self.mouth) - 1) // FRAMES_PER_LATENT
+
+
+def clip_audio_track(clip: Clip) -> AudioTrack:
+    return AudioTrack(audio=_padded_audio(clip, clip.num_frames), mouth=_mouth(clip, clip.num_frames))
+
+
+def audio_window(
+    track: AudioTrack | EncodedClip, k: int, config: ModelConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(audio (span samples,), mouth target (span frames, 2), inside (span frames,)) for the window
+    whose first latent is clip latent ``k``: the span the scheduler cuts for stream latent k-1,
+    read at clip frame = stream frame + 1."""
+    first, count = window_audio_span(config, k - 1)
+    start = (first + 1 + _AUDIO_PAD_FRAMES) * SAMPLES_PER_FRAME
+    n = count * SAMPLES_PER_FRAME + config.audio.n_fft - config.audio.hop_length
+    frames = np.arange(first + 1, first + 1 + count)
+    inside = (frames >= 0) & (frames < len(track.mouth))
+    target = np.zeros((count, 2), np.float32)
+    target[inside] = track.mouth[frames[inside]]
+    return (
+        torch.from_numpy(track.audio[start : start + n]),
+        torch.from_numpy(target),
+        torch.from_numpy(inside.astype(np.float32)),
     )
 
 
@@ -141,17 +189,11 @@ def window_batch(
         camera.append(
             torch.zeros_like(window) if poses is None else camera_latents(e.reference[None], poses)[0]
         )
-        # 2. Audio span in stream frames (stream latent k-1), read at clip frame = stream frame + 1.
-        first, count = window_audio_span(config, k - 1)
-        start = (first + 1 + _AUDIO_PAD_FRAMES) * SAMPLES_PER_FRAME
-        n = count * SAMPLES_PER_FRAME + config.audio.n_fft - config.audio.hop_length
-        audio.append(torch.from_numpy(e.audio[start : start + n]))
-        frames = np.arange(first + 1, first + 1 + count)
-        inside = (frames >= 0) & (frames < len(e.mouth))
-        target = np.zeros((count, 2), np.float32)
-        target[inside] = e.mouth[frames[inside]]
-        aux_t.append(torch.from_numpy(target))
-        aux_m.append(torch.from_numpy(inside.astype(np.float32)))
+        # 2. The audio span and the mouth over it.
+        span_audio, target, inside = audio_window(e, k, config)
+        audio.append(span_audio)
+        aux_t.append(target)
+        aux_m.append(inside)
     return WindowBatch(
         x0=torch.stack(x0),
         cond=torch.stack(cond),
