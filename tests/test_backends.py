@@ -16,12 +16,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from engine.config import get_preset
+from engine.config import ModelConfig, get_preset
 from engine.models.livehuman import LiveHumanModel
 from engine.runtime.base import BackendUnavailable
 from engine.runtime.manifest import MANIFEST_NAME
 from engine.runtime.onnx_backend import OnnxBackend
 from engine.runtime.torch_backend import TorchBackend
+from engine.weights import CONFIG_NAME, DEFAULT_MODEL_DIR
 from livehuman.backends import load_backend
 from livehuman.cli import main
 from tests.test_cli import write_wav
@@ -161,12 +162,14 @@ def test_manifest_from_another_preset_is_refused(broken: Path) -> None:
 def test_an_export_runs_with_the_callers_scheduler_but_refuses_another_audio_span(exported: Path) -> None:
     """A cached export is reused when only live timing changed (the budget, the playout delay), and
     those options are the caller's; a look-ahead change alters the exported audio span: refused."""
-    tiny = get_preset("tiny")
+    shipped = ModelConfig.load(DEFAULT_MODEL_DIR / CONFIG_NAME)  # what ``exported`` was made from
     faster = dataclasses.replace(
-        tiny, scheduler=dataclasses.replace(tiny.scheduler, compute_budget_ms=100, playout_delay_ms=520)
+        shipped, scheduler=dataclasses.replace(shipped.scheduler, compute_budget_ms=100, playout_delay_ms=520)
     )
     assert OnnxBackend(exported, expected=faster).config.scheduler == faster.scheduler
-    other_span = dataclasses.replace(tiny, scheduler=dataclasses.replace(tiny.scheduler, lookahead_ms=40))
+    other_span = dataclasses.replace(
+        shipped, scheduler=dataclasses.replace(shipped.scheduler, lookahead_ms=40)
+    )
     with pytest.raises(BackendUnavailable, match="scheduler"):
         OnnxBackend(exported, expected=other_span)
 
