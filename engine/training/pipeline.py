@@ -395,11 +395,13 @@ def _train_hearing(
         data_dir, {"train": cfg.clips}, seed=seed, progress=lambda d, t: progress("hearing data", d, t)
     )
     tracks = [clip_audio_track(clip) for clip in data.iter_clips(data_dir, "train")]
-    deepen_encoder(model, cfg.num_layers)
+    with torch.random.fork_rng(devices=[]):  # the new blocks and the head start from the seed
+        torch.manual_seed(seed)
+        deepen_encoder(model, cfg.num_layers)
+        head = MouthHead(model.config.audio.dim, cfg.head_frames)
     reset_readers(model)
     model.requires_grad_(False)
     model.audio.requires_grad_(True)
-    head = MouthHead(model.config.audio.dim, cfg.head_frames)
     params = [*model.audio.parameters(), *head.parameters()]
     step = hearing_step_fn(model, head, tracks, cfg, seed)
     return _fine_tune(out_dir, "hearing", {"audio": model.audio, "head": head}, params, cfg, step, progress)
