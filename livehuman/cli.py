@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--addons",
         help="with --finetune: which add-ons, comma-separated from hearing,lipsync,decoder,camera,video,"
         "prompt (default: all it lacks; the shipped default has hearing,lipsync,decoder,camera,video, the "
-        "prompt model lipsync,decoder,camera,prompt)",
+        "prompt model hearing,lipsync,decoder,camera,prompt)",
     )
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser(
