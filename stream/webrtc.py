@@ -294,9 +294,11 @@ class Viewer:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.encoder.detach(self)
+        # The peer connection before its tracks: aiortc#283, close() can wait forever on senders
+        # whose tracks were stopped first.
+        await self.pc.close()
         self.video.stop()
         self.audio.stop()
-        await self.pc.close()
 
 
 def _route_keyframe_requests(sender: RTCRtpSender, encoder: SharedEncoder) -> None:
