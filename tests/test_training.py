@@ -12,7 +12,7 @@ from engine.models.vae import colour_to_latent, latent_to_colour
 from engine.training import data
 from engine.training.distill_stage import STUDENT_STEPS
 from engine.training.dit_stage import MouthProbe, aux_loss, flow_matching_loss
-from engine.training.pipeline import PLANS, train
+from engine.training.pipeline import ADDONS, PLANS, train
 from engine.training.stage import RunState, cosine_lr, run_stage, step_rng
 from engine.training.vae_stage import vae_batch, vae_loss
 from engine.training.windows import audio_tokens, encode_clips, sample_items, window_batch
@@ -127,21 +127,7 @@ def test_smoke_training_run_saves_a_loadable_model_and_resumes_as_done(tmp_path)
     model = load_model(out)
     assert model.config.name == "tiny"
     state = RunState(tmp_path / "run")
-    stages = (
-        "data",
-        "vae",
-        "audio",
-        "dit",
-        "trajectories",
-        "distill",
-        "hearing",
-        "lipsync",
-        "decoder",
-        "camera",
-        "video",
-        "prompt",
-    )
-    for stage in stages:
+    for stage in ("data", "vae", "audio", "dit", "trajectories", "distill", *ADDONS):
         assert state.done(stage), stage
     assert (
         model.config.capabilities.camera
@@ -239,12 +225,12 @@ def test_the_hearing_stage_deepens_the_encoder_and_resets_what_reads_it(tmp_path
     assert len(new.audio.blocks) == new.config.audio.num_layers == depth > old.config.audio.num_layers
     # The features changed, so the lip-sync and decoder stages must run again.
     assert not new.dit.audio_position.any() and decoder_lacks_audio(new)
-    old_state = old.state_dict()
-    changed = {
-        k for k, v in new.state_dict().items() if k not in old_state or not torch.equal(v, old_state[k])
-    }
+    old_state, new_state = old.state_dict(), new.state_dict()
+    added = set(new_state) - set(old_state)
+    changed = {k for k in old_state if not torch.equal(new_state[k], old_state[k])}
     readers = ("dit.audio_position", "vae.decoder.audio_adapters.")
-    assert any(k.startswith("audio.") for k in changed)
+    assert added and all(k.startswith("audio.blocks.") for k in added)
+    assert any(k.startswith("audio.") for k in changed)  # the old encoder trained too
     assert all(k.startswith(("audio.", *readers)) for k in changed)
     again = finetune(out, tmp_path / "again", PLANS["smoke"], addons=("hearing",))  # deep enough
     assert not RunState(tmp_path / "again").done("hearing")

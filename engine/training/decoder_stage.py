@@ -19,8 +19,7 @@ Measured on the default model: this stage as configured (``livehuman train --fin
 took the standard report (``livehuman eval --preset default --clips 4 --steps 4``) from lip-sync
 0.71 / 0.41 on speech frames to 0.88 / 0.73 (benchmarks/results/quality-default-20261126T062132Z
 and -080818Z). The decoder then moves the mouth inside each latent, which makes latent-to-latent
-flicker stand out more (seam ratio 2.4 -> 3.5 on 3 held-out clips in trial scripts outside the
-repo): ``boundary_ease`` is what answers that (0.82 in the report).
+flicker stand out more: ``boundary_ease`` is what answers that (seam ratio 0.82 in the report).
 """
 
 from __future__ import annotations

@@ -32,14 +32,13 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from engine.models.audio import AudioResBlock
 from engine.models.livehuman import LiveHumanModel
 from engine.training.stage import step_rng
-from engine.training.windows import AudioTrack, audio_window
+from engine.training.windows import AudioTrack, audio_window, sample_items
 
 
 @dataclass(frozen=True)
@@ -66,6 +65,7 @@ class MouthHead(nn.Module):
 
 
 def lacks_depth(model: LiveHumanModel, cfg: HearingTrainConfig) -> bool:
+    """The stage's marker: a model whose encoder is shallower than the plan's predates it."""
     return model.config.audio.num_layers < cfg.num_layers
 
 
@@ -95,13 +95,11 @@ def hearing_step_fn(
     model: LiveHumanModel, head: MouthHead, tracks: list[AudioTrack], cfg: HearingTrainConfig, seed: int
 ) -> Callable[[int], dict[str, float]]:
     config = model.config
-    window = config.scheduler.window
-    starts = np.array([t.num_latents - window + 1 for t in tracks], dtype=np.float64)
 
     def step(step_index: int) -> dict[str, float]:
         rng, _ = step_rng(seed, "hearing", step_index)
-        picks = rng.choice(len(tracks), size=cfg.batch, p=starts / starts.sum())
-        cuts = [audio_window(tracks[i], int(rng.integers(0, starts[i])), config) for i in picks]
+        items = sample_items(tracks, rng, cfg.batch, config.scheduler.window)
+        cuts = [audio_window(tracks[i], k, config) for i, k in items]
         audio, target, inside = (torch.stack(parts) for parts in zip(*cuts, strict=True))
         err = (head(model.audio(audio)) - target).pow(2).sum(-1)  # (B, F)
         loss = (err * inside).sum() / inside.sum().clamp_min(1.0)

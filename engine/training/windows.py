@@ -40,6 +40,10 @@ class EncodedClip:
     mouth_mask: torch.Tensor  # (T, h, w) 1 on latent pixels the mouth touches in that latent
     camera: np.ndarray | None = None  # (T, 3) camera pose (zoom, x, y) per clip latent; None: static
 
+    @property
+    def num_latents(self) -> int:
+        return self.latents.shape[1]
+
 
 @torch.no_grad()
 def encode_clip(model: LiveHumanModel, clip: Clip, max_frames: int = 301) -> EncodedClip:
@@ -151,12 +155,12 @@ class WindowBatch:
 
 
 def sample_items(
-    encoded: list[EncodedClip], rng: np.random.Generator, count: int, window: int
+    clips: list[EncodedClip] | list[AudioTrack], rng: np.random.Generator, count: int, window: int
 ) -> list[tuple[int, int]]:
     """Random (clip, first latent) pairs; clips weighted by how many windows they hold."""
-    sizes = np.array([e.latents.shape[1] - window + 1 for e in encoded], dtype=np.float64)
-    clips = rng.choice(len(encoded), size=count, p=sizes / sizes.sum())
-    return [(int(c), int(rng.integers(0, sizes[c]))) for c in clips]
+    sizes = np.array([c.num_latents - window + 1 for c in clips], dtype=np.float64)
+    picks = rng.choice(len(clips), size=count, p=sizes / sizes.sum())
+    return [(int(c), int(rng.integers(0, sizes[c]))) for c in picks]
 
 
 def window_batch(
