@@ -51,11 +51,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _listening(port: int) -> bool:
-    # Read the kernel's table instead of probing: ffmpeg's listener serves exactly one connection.
+def _serving(port: int) -> bool:
+    """True once a socket on 127.0.0.1:port listens (0A) or has accepted a connection (01).
+
+    Read the kernel's table instead of probing: ffmpeg's listener serves exactly one connection
+    and closes its listening socket once it accepts it, so a push already retrying can connect
+    between two polls and the listening state is never seen.
+    """
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         local, state = line.split()[1], line.split()[3]
-        if int(local.split(":")[1], 16) == port and state == "0A":
+        if int(local.split(":")[1], 16) == port and state in ("0A", "01"):
             return True
     return False
 
@@ -92,7 +97,7 @@ def rtmp_listener(port: int, out: Path) -> Iterator[subprocess.Popen[bytes]]:
     ]
     process = subprocess.Popen([*command, "-c", "copy", "-y", str(out)], stderr=subprocess.PIPE)
     try:
-        _wait_for(lambda: _listening(port) or process.poll() is not None, 10, "ffmpeg to listen")
+        _wait_for(lambda: _serving(port) or process.poll() is not None, 10, "ffmpeg to listen")
         assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
         yield process
     finally:
