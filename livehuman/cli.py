@@ -76,6 +76,10 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(listed: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in listed.split(","))
+
+
 def _train(args: argparse.Namespace) -> int:
     from engine.config import get_preset
     from engine.training.pipeline import ADDONS, PLANS, finetune, train
@@ -83,8 +87,11 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.finetune:
         source = resolve_model_dir(args.finetune)  # one line if it is not a trained model
-        addons = tuple(a.strip() for a in args.addons.split(",")) if args.addons else ADDONS
-        model_dir = finetune(source, Path(args.out), PLANS[args.plan], seed=args.seed, addons=addons)
+        redo = _names(args.redo) if args.redo else ()
+        addons = _names(args.addons) if args.addons else () if redo else ADDONS
+        model_dir = finetune(
+            source, Path(args.out), PLANS[args.plan], seed=args.seed, addons=addons, redo=redo
+        )
     else:
         get_preset(args.preset)  # an unknown preset is a one-line error before any work starts
         model_dir = train(args.preset, Path(args.out), PLANS[args.plan], seed=args.seed)
@@ -248,8 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--addons",
         help="with --finetune: which add-ons, comma-separated from hearing,lipsync,decoder,camera,video,"
-        "prompt (default: all it lacks; the shipped default has hearing,lipsync,decoder,camera,video, the "
-        "prompt model hearing,lipsync,decoder,camera,prompt)",
+        "prompt (default: all it lacks, or none with --redo; the shipped default has hearing,lipsync,"
+        "decoder,camera,video, the prompt model hearing,lipsync,decoder,camera,prompt)",
+    )
+    train.add_argument(
+        "--redo",
+        help="with --finetune: add-ons to run again although the model has them, comma-separated "
+        "(lipsync reruns its on-policy phase, decoder retrains on the DiT's own latents)",
     )
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser(

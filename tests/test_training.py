@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -96,6 +99,53 @@ def test_dit_flow_matching_and_mouth_probe_losses_go_down(clips, model):
     assert batch.cond.shape[1] == 2 * config.dit.latent_channels + 1 and batch.aux_mask.sum() > 0
 
 
+def test_the_rollout_samples_a_window_as_the_live_generator_does(clips):
+    """The states the on-policy phase trains on and the latents the decoder stage decodes are the
+    live sampler's: same conditioning, tokens, sigmas, pinned overlap and noise order."""
+    from engine.generator import Conditioning, WindowGenerator
+    from engine.runtime.torch_backend import TorchBackend
+    from engine.sampler import FlowSampler
+    from engine.training.rollout import sampler_states
+    from engine.training.windows import encode_clip
+
+    model = LiveHumanModel.random(get_preset("tiny"), seed=3).eval()
+    config, k = model.config, 3
+    encoded = [encode_clip(model, clips[0], max_frames=41)]
+    batch = window_batch(encoded, [(0, k)], config, 0.0)
+    _, tokens = audio_tokens(model, batch, config)
+    sigmas = FlowSampler(config.sampler).sigmas(4)
+    states = sampler_states(model, batch, tokens, sigmas, torch.Generator().manual_seed(11))
+    assert len(states) == len(sigmas) + 1
+
+    backend = TorchBackend(model)
+    conditioning = Conditioning.from_portrait(backend, clips[0].portrait(config.height))
+    assert torch.allclose(conditioning.reference, encoded[0].reference[None], atol=1e-5)
+    live = WindowGenerator(backend, conditioning, config)
+    replay = torch.Generator().manual_seed(11)  # the same draws, in the generator's order
+    C, _, h, w = encoded[0].latents.shape
+    live._noise = lambda first, count, step: torch.randn((1, C, count, h, w), generator=replay)
+    O = config.scheduler.overlap
+    state = dataclasses.replace(live.initial_state(), start=k - 1, tail=batch.x0[:, :, :O].clone())
+    out = live.run(state, batch.audio[0].numpy(), 4)
+    assert torch.allclose(out.boundaries[-1].tail, states[-1][:, :, O:], atol=1e-5)
+
+
+def test_the_onpolicy_lipsync_loss_goes_down(clips):
+    from engine.training.lipsync_stage import LipsyncTrainConfig, freeze_all_but_audio_path, onpolicy_step_fn
+
+    model = LiveHumanModel.random(get_preset("tiny"), seed=3)
+    encoded = encode_clips(model.eval(), clips, max_frames=41)
+    params = freeze_all_but_audio_path(model, train_encoder=False)
+    step = onpolicy_step_fn(model, encoded, LipsyncTrainConfig(batch=2), steps=4, seed=0)
+    opt = torch.optim.Adam(params, lr=1e-2)
+    losses = []
+    for _ in range(10):  # the same windows, levels and noise each time: the loss must fall on them
+        opt.zero_grad()
+        losses.append(step(0)["loss"])
+        opt.step()
+    assert losses[-1] < 0.8 * losses[0]
+
+
 def test_a_stopped_stage_resumes_to_the_same_weights(tmp_path):
     def run(out, stop_at: int | None) -> torch.Tensor:
         torch.manual_seed(0)
@@ -156,8 +206,19 @@ def test_the_lipsync_stage_teaches_an_old_model_audio_positions_and_touches_only
     assert new.dit.audio_position.abs().max() > 0 and new.config == old.config
     changed = {k for k, v in new.state_dict().items() if not torch.equal(v, old.state_dict()[k])}
     assert changed and all(k.startswith(("dit.audio_", "audio.")) or ".audio_attn." in k for k in changed)
+    assert (tmp_path / "run" / "checkpoints" / "lipsync_onpolicy.pt").exists()
     again = finetune(out, tmp_path / "again", PLANS["smoke"], addons=("lipsync",))  # nothing lacks
     assert torch.equal(load_model(again).dit.audio_position, new.dit.audio_position)
+    # Asked to redo it, a model with lip-sync runs the on-policy phase alone, on the same path
+    # (the clips are the run's own, copied to save making them again).
+    shutil.copytree(tmp_path / "run" / "lipsync_data", tmp_path / "redo" / "lipsync_data")
+    (tmp_path / "redo" / "stages").mkdir()
+    shutil.copy(tmp_path / "run" / "stages" / "latents_lipsync.pt", tmp_path / "redo" / "stages")
+    redone = load_model(finetune(out, tmp_path / "redo", PLANS["smoke"], addons=(), redo=("lipsync",)))
+    checkpoints = {p.stem for p in (tmp_path / "redo" / "checkpoints").iterdir()}
+    assert checkpoints == {"lipsync_onpolicy"}
+    moved = {k for k, v in redone.state_dict().items() if not torch.equal(v, new.state_dict()[k])}
+    assert moved and all(k.startswith("dit.audio_") or ".audio_attn." in k for k in moved)
 
 
 def test_the_decoder_stage_teaches_the_decoder_to_hear_and_touches_only_the_decoder(tmp_path):

@@ -55,7 +55,7 @@ from engine.training.hearing_stage import (
     lacks_depth,
     reset_readers,
 )
-from engine.training.lipsync_stage import LipsyncTrainConfig, freeze_all_but_audio_path
+from engine.training.lipsync_stage import LipsyncTrainConfig, freeze_all_but_audio_path, onpolicy_step_fn
 from engine.training.prompt_stage import (
     PromptClip,
     PromptTrainConfig,
@@ -65,6 +65,7 @@ from engine.training.prompt_stage import (
     widen_text_encoder,
 )
 from engine.training.redub_stage import RedubClip, RedubTrainConfig, make_redub_clips, redub_step_fn
+from engine.training.rollout import teacher_forced_latents
 from engine.training.stage import RunState, cosine_lr, run_stage
 from engine.training.vae_stage import (
     VAETrainConfig,
@@ -118,7 +119,7 @@ PLANS = {
         dit=DiTTrainConfig(audio_steps=10, steps=30, batch=4),
         distill=DistillConfig(teacher_steps=4, trajectories=8, chunk=4, steps=6, batch=4),
         hearing=HearingTrainConfig(clips=3, steps=6, batch=2, num_layers=3),
-        lipsync=LipsyncTrainConfig(clips=3, steps=6, batch=2),
+        lipsync=LipsyncTrainConfig(clips=3, steps=6, batch=2, onpolicy_steps=4),
         decoder=DecoderTrainConfig(steps=6, batch=2, crop=32),
         camera=CameraTrainConfig(clips=2, steps=6, batch=2),
         video=RedubTrainConfig(clips=2, frames=21, steps=6, batch=2),
@@ -258,16 +259,22 @@ def train(preset: str, out_dir: Path, plan: TrainPlan, seed: int = 0, data_dir: 
 
 
 def finetune(
-    model_dir: Path, out_dir: Path, plan: TrainPlan, seed: int = 0, addons: tuple[str, ...] = ADDONS
+    model_dir: Path,
+    out_dir: Path,
+    plan: TrainPlan,
+    seed: int = 0,
+    addons: tuple[str, ...] = ADDONS,
+    redo: tuple[str, ...] = (),
 ) -> Path:
     """The add-on stages of ``addons`` a trained model lacks, in ``ADDONS`` order, each with the
     rest of the model frozen: hearing (a deeper audio encoder taught the mouth directly; it resets
     the next two, which read its features), lip-sync (the audio path with its token positions, for
     a model trained before they existed), the VAE decoder's audio adapters, the camera
     branch (clips with camera moves), re-dubbing a video (the same branch, on source/re-dub
-    pairs), prompt control (clips rendered with and without the prompt's attributes). Writes
+    pairs), prompt control (clips rendered with and without the prompt's attributes). Those in
+    ``redo`` run even where the model has them (a better recipe for a shipped model). Writes
     ``OUT/model``, which declares the capabilities; resumable."""
-    unknown = sorted(set(addons) - set(ADDONS))
+    unknown = sorted((set(addons) | set(redo)) - set(ADDONS))
     if unknown:
         raise ConfigError(f"addons: unknown {', '.join(unknown)}; choose from {', '.join(ADDONS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -284,7 +291,7 @@ def finetune(
         "prompt": _train_prompt,
     }
     for name in ADDONS:
-        if name in addons and _lacks(model, name, plan):
+        if name in redo or (name in addons and _lacks(model, name, plan)):
             model = _addon_stage(name, stages[name], model, out_dir, plan, seed, state, progress)
     progress.close()
     target = out_dir / "model"
@@ -343,6 +350,14 @@ def _addon_stage(
 class _StageSize(Protocol):
     lr: float
     steps: int
+
+
+@dataclass(frozen=True)
+class _Size:
+    """The size of a stage's second phase (its config holds the first's as ``steps``, ``lr``)."""
+
+    steps: int
+    lr: float
 
 
 def _fine_tune(
@@ -410,16 +425,25 @@ def _train_hearing(
 def _train_lipsync(
     model: LiveHumanModel, out_dir: Path, plan: TrainPlan, seed: int, progress: _Progress
 ) -> dict[str, float]:
+    """Plain flow matching while the audio positions are untaught (the on-policy states need a
+    model that already samples a mouth), then the on-policy phase; so a model that has lip-sync
+    and is asked to redo it runs only the latter."""
     cfg = plan.lipsync
     clips = _portrait_clips(out_dir, plan, seed, progress)
     encoded = _encoded(out_dir, model, clips, "lipsync", plan.encode_frames, progress)
     params = freeze_all_but_audio_path(model, cfg.train_encoder)
-    step = live_step_fn(
-        model, encoded, model.config, cfg.batch, cfg.mouth_weight, seed, "lipsync", cfg.train_encoder
-    )
-    return _fine_tune(
-        out_dir, "lipsync", {"dit": model.dit, "audio": model.audio}, params, cfg, step, progress
-    )
+    modules = {"dit": model.dit, "audio": model.audio}
+    tail = {}
+    if _lacks(model, "lipsync", plan):
+        step = live_step_fn(
+            model, encoded, model.config, cfg.batch, cfg.mouth_weight, seed, "lipsync", cfg.train_encoder
+        )
+        tail = _fine_tune(out_dir, "lipsync", modules, params, cfg, step, progress)
+    params = freeze_all_but_audio_path(model, train_encoder=False)  # the DiT's part alone
+    onpolicy = _Size(cfg.onpolicy_steps, cfg.onpolicy_lr)
+    step = onpolicy_step_fn(model, encoded, cfg, model.config.scheduler.steps, seed)
+    late = _fine_tune(out_dir, "lipsync_onpolicy", {"dit": model.dit}, params, onpolicy, step, progress)
+    return {**tail, **{f"onpolicy_{k}": v for k, v in late.items()}}
 
 
 def _train_decoder(
@@ -427,9 +451,14 @@ def _train_decoder(
 ) -> dict[str, float]:
     cfg = plan.decoder
     clips = _portrait_clips(out_dir, plan, seed, progress)
+    encoded = _encoded(out_dir, model, clips, "lipsync", plan.encode_frames, progress)
+    model.eval()
+    generated = teacher_forced_latents(
+        model, encoded, cfg.sample_steps, seed, progress=lambda d, t: progress("dit latents", d, t)
+    )
     features = [clip_features(model, clip) for clip in clips]
     params = decoder_parameter_groups(model)
-    step = decoder_step_fn(model, clips, features, cfg, seed)
+    step = decoder_step_fn(model, clips, encoded, generated, features, cfg, seed)
     return _fine_tune(out_dir, "decoder", {"decoder": model.vae.decoder}, params, cfg, step, progress)
 
 

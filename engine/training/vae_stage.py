@@ -51,40 +51,30 @@ def _crop_origin(
     return int(rng.integers(0, size - crop + 1)), int(rng.integers(0, size - crop + 1))
 
 
+def mouth_weights(clip: Clip, start: int, count: int, size: int, mouth_weight: float) -> np.ndarray:
+    """(count, size, size) loss weights for frames [start, start + count): ``mouth_weight`` on the
+    mouth's box in each frame, 1 elsewhere."""
+    weight = np.ones((count, size, size), np.float32)
+    for j in range(count):
+        y0, y1, x0, x1 = clip.mouth_box(start + j, size)
+        weight[j, y0:y1, x0:x1] = mouth_weight
+    return weight
+
+
 def vae_batch(
     clips: list[Clip], rng: np.random.Generator, batch: int, crop: int, size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(frames (B, 3, 9, crop, crop) in [-1, 1], loss weights (B, 1, 9, crop, crop))."""
-    video, weight, _ = vae_segments(clips, rng, batch, crop, size)
-    return video, weight
-
-
-def vae_segments(
-    clips: list[Clip],
-    rng: np.random.Generator,
-    batch: int,
-    crop: int,
-    size: int,
-    mouth_weight: float = MOUTH_WEIGHT,
-    mouth_crops: float = 0.5,
-) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
-    """``vae_batch`` with the (clip index, first frame) of each segment, for stages that need
-    more of the clip than its pixels (the decoder stage: its audio)."""
-    videos, weights, picks = [], [], []
+    videos, weights = [], []
     for _ in range(batch):
-        index = int(rng.integers(len(clips)))
-        clip = clips[index]
+        clip = clips[int(rng.integers(len(clips)))]
         start = int(rng.integers(0, clip.num_frames - SEGMENT_FRAMES + 1))
         frames = clip.frames(start, start + SEGMENT_FRAMES, size)  # (9, H, W, 3)
-        weight = np.ones((SEGMENT_FRAMES, size, size), np.float32)
-        for j in range(SEGMENT_FRAMES):
-            y0, y1, x0, x1 = clip.mouth_box(start + j, size)
-            weight[j, y0:y1, x0:x1] = mouth_weight
-        cy, cx = _crop_origin(clip, start, size, crop, rng, mouth_crops)
+        weight = mouth_weights(clip, start, SEGMENT_FRAMES, size, MOUTH_WEIGHT)
+        cy, cx = _crop_origin(clip, start, size, crop, rng, 0.5)
         videos.append(to_model_frames(frames[:, cy : cy + crop, cx : cx + crop]))
         weights.append(torch.from_numpy(weight[None, :, cy : cy + crop, cx : cx + crop]))
-        picks.append((index, start))
-    return torch.stack(videos), torch.stack(weights), picks
+    return torch.stack(videos), torch.stack(weights)
 
 
 def vae_loss(
