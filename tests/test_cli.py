@@ -115,6 +115,14 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys) -> None:  # noq
     )
 
 
+def test_train_refuses_unknown_addons_before_any_work(tmp_path, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "run"
+    for flag in ("--addons", "--redo"):
+        err = _error(capsys, ["train", "--finetune", "default", flag, "lipsync,nope", "--out", str(out)])
+        assert "nope" in err and "hearing, lipsync, decoder" in err, err
+    assert not any(out.rglob("*.pt")), "nothing trained"
+
+
 def test_console_script_reports_errors_without_traceback(tmp_path) -> None:  # noqa: ANN001
     result = subprocess.run(
         [
