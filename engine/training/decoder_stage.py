@@ -13,11 +13,14 @@ What it decodes. Live, the decoder only ever sees the DiT's latents, whose mouth
 than the encoder's (``rollout``). So half the segments decode the DiT's own latents
 (``rollout.teacher_forced_latents``: sampled from the true previous latent, so they line up
 with the clip's frames) and half the encoder's with a little noise; the decoder learns how far
-to trust a latent's mouth against the audio. Measured on the default model after the lip-sync
-stage's on-policy phase (4 held-out clips, 4 steps, lip-sync all / speech frames): 0.918 / 0.802
-before, 0.933 / 0.845 after 1200 steps of this (5.5 min on the 2-core CPU); the encoder's
-latents decode better too (round trip 0.874 -> 0.895 on speech frames). With 80% of segments
-generated and 2400 steps: 0.925 / 0.836.
+to trust a latent's mouth against the audio. Trials of this recipe in scripts outside the repo,
+on the default model after the lip-sync stage's on-policy phase (the standard report's 4
+held-out clips, 4 steps, lip-sync all / speech frames): 0.918 / 0.802 before; 1200 steps on
+encoder latents alone 0.922 / 0.812; 1200 steps half generated 0.933 / 0.845 (5.5 min on the
+2-core CPU), and the encoder's latents then decode better too (round trip 0.874 -> 0.895 on
+speech frames); 2400 steps with 80% generated 0.925 / 0.836. The stage as configured
+(``livehuman train --finetune default --redo lipsync,decoder``) gave the shipped model's 0.935 /
+0.846 (benchmarks/results/quality-default-20261126T165926Z.json).
 
 How. 3-latent segments of the lip-sync stage's encoded clips (a still, then 8 frames), cropped
 to 8x8 latents (64x64 pixels, mostly around the mouth); the loss is L1 with the mouth weighted,
@@ -38,7 +41,7 @@ from engine.config import FRAMES_PER_LATENT, SAMPLES_PER_FRAME
 from engine.models.livehuman import LiveHumanModel
 from engine.training.data import Clip
 from engine.training.stage import step_rng
-from engine.training.vae_stage import mouth_weights, to_model_frames
+from engine.training.vae_stage import SEGMENT_FRAMES, mouth_weights, to_model_frames
 from engine.training.windows import EncodedClip
 
 
@@ -89,7 +92,7 @@ def clip_features(model: LiveHumanModel, clip: Clip) -> torch.Tensor:
     return model.audio(torch.from_numpy(audio)[None])[0]
 
 
-SEGMENT_LATENTS = 3  # a still, then two latents of four frames
+SEGMENT_LATENTS = 1 + (SEGMENT_FRAMES - 1) // FRAMES_PER_LATENT  # a still, then latents of 4 frames
 
 
 def _latent_crop(
@@ -119,7 +122,7 @@ def decoder_step_fn(
     audio features per frame."""
     vae, size, factor = model.vae, model.config.height, model.config.vae.spatial_factor
     crop = cfg.crop // factor
-    frames_out = 1 + FRAMES_PER_LATENT * (SEGMENT_LATENTS - 1)
+    scales = [float(e.latents.std()) for e in encoded]  # each clip's latent spread, for the noise
 
     def step(step_index: int) -> dict[str, float]:
         rng, gen = step_rng(seed, "decoder", step_index)
@@ -135,17 +138,17 @@ def decoder_step_fn(
             if rng.random() < cfg.generated:
                 segment[:, 1:] = generated[c][:, m + 1 : m + SEGMENT_LATENTS]
             else:
-                sigma = cfg.latent_noise * float(rng.random()) * float(encoded[c].latents.std())
+                sigma = cfg.latent_noise * float(rng.random()) * scales[c]
                 segment += sigma * torch.randn(segment.shape, generator=gen)
             latents.append(segment[:, :, cy : cy + crop, cx : cx + crop])
             y, x, side = cy * factor, cx * factor, cfg.crop
-            frames = clips[c].frames(first, first + frames_out, size)[:, y : y + side, x : x + side]
-            weight = mouth_weights(clips[c], first, frames_out, size, cfg.mouth_weight)
+            frames = clips[c].frames(first, first + SEGMENT_FRAMES, size)[:, y : y + side, x : x + side]
+            weight = mouth_weights(clips[c], first, SEGMENT_FRAMES, size, cfg.mouth_weight)
             weight[0] = 0.0
             videos.append(to_model_frames(frames))
             weights.append(torch.from_numpy(weight[None, :, y : y + side, x : x + side]))
             # decode() makes 3 frames before a segment's first (dropped): they hear latent m's.
-            heard.append(features[c][first - FRAMES_PER_LATENT + 1 : first + frames_out])
+            heard.append(features[c][first - FRAMES_PER_LATENT + 1 : first + SEGMENT_FRAMES])
         video, weight = torch.stack(videos), torch.stack(weights)
         recon = vae.decode(torch.stack(latents), torch.stack(heard))
         l1 = ((recon - video).abs() * weight).sum() / (weight.sum() * 3)

@@ -49,8 +49,9 @@ class LipsyncTrainConfig:
     # half (the mouth's shape while talking, not only open in speech and shut in pauses).
     train_encoder: bool = False
     # Then on the sampler's own states (``onpolicy_step_fn``), at a lower rate: this is what the
-    # live model meets. Measured after the 4800 steps above (4 held-out clips, 4 steps), 1200 more
-    # steps (6 min): plain 0.913 / 0.789 (no gain on 0.914 / 0.792), on-policy 0.918 / 0.802.
+    # live model meets. Trials outside the repo after the 4800 steps above (the standard report's 4
+    # held-out clips, 4 steps), 1200 more steps (6 min): plain 0.913 / 0.789 (no gain on 0.914 /
+    # 0.792), on-policy 0.918 / 0.802.
     onpolicy_steps: int = 1200
     onpolicy_lr: float = 1e-4
 

@@ -3,7 +3,8 @@
 Why. A flow-matching fine-tune shows the DiT ``x_sigma = (1 - sigma) x0 + sigma n`` built from the
 true latent, but at 4 steps every state after the first is built from the model's own previous
 prediction, and the decoder only ever decodes the model's latents, never the encoder's. Measured
-on the default model (4 held-out clips, 4 steps): the DiT's latents alone carried the mouth at
+on the default model before these phases, in scripts outside the repo (the standard report's 4
+held-out clips, 4 steps, decoded with and without the audio): the DiT's latents alone carried the mouth at
 0.30 on speech frames where the encoder's carry 0.44, and decoding them cost 0.08 of the speech
 lip-sync that the encoder's latents keep (0.79 against 0.87). The lip-sync stage's on-policy
 phase trains on these states; the decoder stage trains on these latents.
