@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from engine.blend import blend_overlap, blend_weights, color_match, lab_stats
-from engine.config import FPS, FRAMES_PER_LATENT, SAMPLES_PER_FRAME, SAMPLES_PER_LATENT, ModelConfig
-from engine.models.audio import latent_audio_tokens
+from engine.config import FRAMES_PER_LATENT, SAMPLES_PER_FRAME, SAMPLES_PER_LATENT, ModelConfig
+from engine.models.audio import latent_audio_tokens, window_audio_span
 from engine.models.camera import IDENTITY, CameraPath, camera_latents, warp_frames
 from engine.prompt import PromptPath
 from engine.redub import SourceVideo
@@ -98,16 +98,6 @@ class WindowOutput:
     # State at each emitted latent boundary, in order; the last one starts the next window.
     boundaries: list[GeneratorState] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
-
-
-def window_audio_span(config: ModelConfig, start: int) -> tuple[int, int]:
-    """(first video frame, number of frames) of the audio features a window at latent ``start``
-    computes: history, the context before, its own frames, the context after. A function of the
-    config alone, because training must cut exactly the spans that inference will."""
-    a = config.audio
-    first = FRAMES_PER_LATENT * start - a.context_before_frames - a.history_ms * FPS // 1000
-    last = FRAMES_PER_LATENT * (start + config.scheduler.window) + a.context_after_frames
-    return first, last - first
 
 
 def noise_seed(seed: int, latent: int, step: int) -> int:

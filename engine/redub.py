@@ -21,6 +21,15 @@ each output frame is composited: the source's own pixels wherever the generated 
 source's VAE round trip, the generated pixels where it departs from it (the mouth), with a soft
 mask. Comparing like with like (generated against round trip, both through the same decoder) is
 what keeps the mask off the VAE's blur; against the raw source the mask lights up at every edge.
+
+That mask alone also let in the DiT's own departures from the source (eyes, hair and outline a
+little off), which on the standard report's clips held 25-54% of the re-dub's squared error. So
+the mask is also limited to each source frame's speech region: where the decoder draws speech on
+that frame, found once per source by decoding its latents hearing a probe of loud speech (the
+shipped ``hello.wav``) against hearing silence, widened by the mouth's reach. The mouth can
+only change there, and in a pause of the new speech it still closes, since the region does not
+depend on what is heard. A decoder that does not hear audio has no such region, and its mask stays
+unlimited.
 """
 
 from __future__ import annotations
@@ -28,12 +37,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.config import FPS, FRAMES_PER_LATENT, ConfigError, ModelConfig
+from engine.config import (
+    FPS,
+    FRAMES_PER_LATENT,
+    MODEL_SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
+    ConfigError,
+    ModelConfig,
+)
+from engine.media import read_audio
+from engine.models.audio import window_audio_span
+from engine.resample import StreamResampler
 from engine.runtime.base import Backend
 
 logger = logging.getLogger(__name__)
@@ -47,6 +67,13 @@ WARMUP_LATENTS = 8
 # a pixel is all generated. The round trip's own error is a few levels; a mouth change is tens.
 MASK_LEVELS = 16.0
 MASK_BLUR = 5
+# Speech region: the probe's change to a decoded frame (levels, as above) at which a pixel is all
+# inside, after a max filter over REGION_REACH pixels (how far lips and jaw travel beyond where the
+# probe put them) and the mask's blur. Chosen on the standard report's re-dub clips: PSNR rose by
+# 0.9-2.6 dB with lip-sync within 0.003; a reach of 13 or a level of 32 began to cut the mouth.
+REGION_LEVELS = 16.0
+REGION_REACH = 9
+PROBE_SPEECH = Path(__file__).parent / "assets" / "hello.wav"
 
 
 def check_video(config: ModelConfig) -> None:
@@ -74,6 +101,38 @@ def check_source_length(num_frames: int) -> None:
         raise ConfigError(f"video: {seconds:.1f} s is longer than the {MAX_SECONDS:g} s a session holds")
 
 
+def probe_features(backend: Backend) -> torch.Tensor:
+    """(1, 4, Da) the audio features of the loudest 4 frames in a row of the probe speech: one
+    latent's worth of a wide-open mouth, for finding where the decoder draws speech. They are
+    computed over a window's audio span, centred on them, since exported encoders take no other."""
+    decoded = read_audio(PROBE_SPEECH)
+    resampler = StreamResampler(decoded.sample_rate, MODEL_SAMPLE_RATE)
+    speech = np.concatenate([resampler.process(decoded.mono()), resampler.flush()]).astype(np.float32)
+    frames = len(speech) // SAMPLES_PER_FRAME
+    energy = np.square(speech[: frames * SAMPLES_PER_FRAME].reshape(frames, -1)).mean(axis=1)
+    loudest = int(np.argmax(np.convolve(energy, np.ones(FRAMES_PER_LATENT), mode="valid")))
+    _, span_frames = window_audio_span(backend.config, 0)
+    first = loudest - (span_frames - FRAMES_PER_LATENT) // 2
+    audio = backend.config.audio
+    span = np.zeros(span_frames * SAMPLES_PER_FRAME + audio.n_fft - audio.hop_length, np.float32)
+    lo, hi = max(first, 0) * SAMPLES_PER_FRAME, min(first * SAMPLES_PER_FRAME + len(span), len(speech))
+    span[lo - first * SAMPLES_PER_FRAME : hi - first * SAMPLES_PER_FRAME] = speech[lo:hi]
+    features = backend.audio_encoder(torch.from_numpy(span)[None])  # (1, span_frames, Da)
+    return features[:, loudest - first : loudest - first + FRAMES_PER_LATENT]
+
+
+def speech_region(change: torch.Tensor) -> np.ndarray:
+    """(L, H, W) probe change in levels -> (L, H, W) uint8 region, 255 inside; all 255 when the
+    decoder does not hear audio (nothing changes), which leaves the mask unlimited."""
+    if float(change.max()) < REGION_LEVELS:
+        logger.info("video: the decoder does not draw speech; the compositing mask is not limited")
+        return np.full(change.shape, 255, np.uint8)
+    reach = F.max_pool2d(change[:, None], REGION_REACH, 1, REGION_REACH // 2)
+    pad = MASK_BLUR // 2
+    smooth = F.avg_pool2d(reach, MASK_BLUR, 1, pad, count_include_pad=False)[:, 0]
+    return ((smooth / REGION_LEVELS).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
 def to_model_input(frames: np.ndarray) -> torch.Tensor:
     """(F, H, W, 3) uint8 -> (1, 3, F, H, W) float32 in [-1, 1]."""
     return torch.from_numpy(frames).float().div(127.5).sub(1.0).permute(3, 0, 1, 2)[None]
@@ -87,6 +146,7 @@ class SourceVideo:
     frames: np.ndarray  # (L, H, W, 3) uint8: the mirror loop; stream frame i shows frames[i % L]
     latents: torch.Tensor  # (1, C, L/4, h, w): stream latent n reads latents[:, :, n % (L/4)]
     round_trip: np.ndarray  # (L, H, W, 3) uint8: the loop through the VAE, for the compositing mask
+    region: np.ndarray  # (L, H, W) uint8: each frame's speech region (255 inside), which bounds the mask
     reference: torch.Tensor  # (1, C, 1, h, w): frame 0 as a still, the session's reference
 
     @classmethod
@@ -102,23 +162,28 @@ class SourceVideo:
         check_source_length(len(frames))
         loop = mirror_loop(frames)
         count = len(loop) // FRAMES_PER_LATENT
-        # Seconds of work on a CPU (about 1.2 s per second of source on two cores): say so first.
+        # Seconds of work on a CPU (about 1 s per second of source on two cores): say so first.
         logger.info("video: encoding a %.1f s source once (%d latents of its loop)", len(frames) / FPS, count)
         # 1. Encode the loop causally, its last WARMUP_LATENTS latents' frames in front.
         order = np.arange(-WARMUP_LATENTS * FRAMES_PER_LATENT, len(loop)) % len(loop)
         encoder_cache, decoder_cache = backend.vae_encoder_cache(1), backend.vae_decoder_cache(1)
-        latents, decoded = [], []
+        probe, probe_cache = probe_features(backend), backend.vae_decoder_cache(1)
+        latents, decoded, changes = [], [], []
         for j in range(WARMUP_LATENTS + count):
             group = to_model_input(loop[order[FRAMES_PER_LATENT * j : FRAMES_PER_LATENT * (j + 1)]])
             latent, encoder_cache = backend.vae_encoder_step(group, encoder_cache)
-            # 2. Decode them the same way, for the round trip the compositing compares against.
+            # 2. Decode them the same way, for the round trip the compositing compares against, and
+            #    hearing the probe, for the speech region.
             pixels, decoder_cache = backend.vae_decoder_step(latent, decoder_cache)
+            speaking, probe_cache = backend.vae_decoder_step(latent, probe_cache, probe)
             if j >= WARMUP_LATENTS:
                 latents.append(latent)
                 decoded.append(pixels[0].permute(1, 2, 3, 0))  # (4, H, W, 3)
+                changes.append((speaking - pixels)[0].abs().mean(dim=0) * 127.5)  # (4, H, W) levels
             if progress is not None:
                 progress(j + 1, WARMUP_LATENTS + count)
         round_trip = ((torch.cat(decoded) + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8).numpy()
+        region = speech_region(torch.cat(changes))
         reference = backend.vae_encoder(to_model_input(loop[:1]))
         logger.info(
             "video: %d frames looped to %d (%.1f s), %d latents",
@@ -127,7 +192,13 @@ class SourceVideo:
             len(loop) / FPS,
             count,
         )
-        return cls(frames=loop, latents=torch.cat(latents, dim=2), round_trip=round_trip, reference=reference)
+        return cls(
+            frames=loop,
+            latents=torch.cat(latents, dim=2),
+            round_trip=round_trip,
+            region=region,
+            reference=reference,
+        )
 
     @property
     def num_latents(self) -> int:
@@ -140,7 +211,8 @@ class SourceVideo:
 
     def composite(self, generated: np.ndarray, first_frame: int) -> np.ndarray:
         """Generated frames (N, H, W, 3) uint8 from stream frame ``first_frame`` on -> the source's
-        pixels where the generated frames match the source's round trip, theirs where they differ."""
+        pixels where the generated frames match the source's round trip, theirs where they differ
+        inside the frame's speech region."""
         index = np.arange(first_frame, first_frame + len(generated)) % len(self.frames)
         gen = torch.from_numpy(generated).float()
         source = torch.from_numpy(self.frames[index]).float()
@@ -149,6 +221,7 @@ class SourceVideo:
         pad = MASK_BLUR // 2
         diff = F.avg_pool2d(diff, MASK_BLUR, 1, pad, count_include_pad=False)
         alpha = F.avg_pool2d((diff / MASK_LEVELS).clamp(0, 1), MASK_BLUR, 1, pad, count_include_pad=False)
-        alpha = alpha[:, 0, :, :, None]  # (N, H, W, 1)
+        region = torch.from_numpy(self.region[index]).float().div(255.0)[:, None]  # (N, 1, H, W)
+        alpha = (alpha * region)[:, 0, :, :, None]  # (N, H, W, 1)
         out = alpha * gen + (1.0 - alpha) * source
         return out.round().clamp(0, 255).to(torch.uint8).numpy()

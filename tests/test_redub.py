@@ -108,7 +108,7 @@ def test_the_source_is_periodic_and_seamless_at_the_loop_point(
 
 
 def test_compositing_keeps_the_source_where_the_model_copies_it(conditioning: Conditioning) -> None:
-    source = conditioning.source
+    source = dataclasses.replace(conditioning.source, region=np.full_like(conditioning.source.region, 255))
     index = np.arange(len(source.frames) - 4, len(source.frames) + 4) % len(source.frames)
     frames = source.round_trip[index].copy()
     frames[4:, 90:120, 40:90] = 0  # a "mouth" the model changed in the last four frames
@@ -120,6 +120,36 @@ def test_compositing_keeps_the_source_where_the_model_copies_it(conditioning: Co
         frames[4:, 90 + pad : 120 - pad, 40 + pad : 90 - pad],
     )
     assert np.array_equal(out[4:, :60], source.frames[index[4:], :60])  # far from the change
+
+
+def test_compositing_takes_a_change_only_inside_the_speech_region(conditioning: Conditioning) -> None:
+    """The DiT's departures from the source away from the mouth (eyes, hair a little off) are not
+    a re-dub: outside each frame's speech region the source stays, however the frame changed."""
+    region = np.zeros_like(conditioning.source.region)
+    region[:, 90:120, 40:65] = 255
+    source = dataclasses.replace(conditioning.source, region=region)
+    index = np.arange(8, 16)
+    frames = source.round_trip[index].copy()
+    frames[:, 90:120, 40:90] = 0
+    frames[:, 10:30, 10:30] = 255  # a change far from any mouth
+    out = source.composite(frames, 8)
+    pad = MASK_BLUR
+    assert np.array_equal(
+        out[:, 90 + pad : 120 - pad, 40 + pad : 65], frames[:, 90 + pad : 120 - pad, 40 + pad : 65]
+    )
+    assert np.array_equal(out[:, :, 65:], source.frames[index, :, 65:])
+    assert np.array_equal(out[:, :90], source.frames[index, :90])
+
+
+def test_a_decoder_that_draws_no_speech_leaves_the_mask_unlimited() -> None:
+    """A model whose decoder does not hear audio (a plain VAE) has no speech region to find: the
+    region is everywhere, so the compositing works as the frame-difference mask alone."""
+    model = LiveHumanModel.random(TINY, seed=3).eval()
+    for adapter in model.vae.decoder.audio_adapters:
+        torch.nn.init.zeros_(adapter.out.conv.weight)
+        torch.nn.init.zeros_(adapter.out.conv.bias)
+    source = Conditioning.from_video(TorchBackend(model), moving_video(FPS)).source
+    assert source.region.shape == source.frames.shape[:3] and (source.region == 255).all()
 
 
 def test_each_window_reads_the_source_at_its_time(backend: TorchBackend, conditioning: Conditioning) -> None:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import FRAMES_PER_LATENT, SAMPLES_PER_FRAME, AudioConfig
+from engine.config import FPS, FRAMES_PER_LATENT, SAMPLES_PER_FRAME, AudioConfig, ModelConfig
 
 # Keeps log(0) finite for digital silence; ~-11.5, well below any recorded noise floor.
 _LOG_EPS = 1e-5
@@ -217,3 +217,13 @@ def latent_audio_tokens(
     starts = FRAMES_PER_LATENT * torch.arange(num_latents, device=features.device) + (lo - first_frame)
     index = starts[:, None] + torch.arange(tokens, device=features.device)[None, :]  # (T, K)
     return features[:, index]  # (B, T, K, D)
+
+
+def window_audio_span(config: ModelConfig, start: int) -> tuple[int, int]:
+    """(first video frame, number of frames) of the audio features a window at latent ``start``
+    computes: history, the context before, its own frames, the context after. A function of the
+    config alone, because training must cut exactly the spans that inference will."""
+    a = config.audio
+    first = FRAMES_PER_LATENT * start - a.context_before_frames - a.history_ms * FPS // 1000
+    last = FRAMES_PER_LATENT * (start + config.scheduler.window) + a.context_after_frames
+    return first, last - first

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from engine.config import FRAMES_PER_LATENT, SAMPLES_PER_FRAME, ModelConfig
-from engine.generator import window_audio_span
-from engine.models.audio import latent_audio_tokens
+from engine.models.audio import latent_audio_tokens, window_audio_span
 from engine.models.camera import camera_latents
 from engine.models.livehuman import LiveHumanModel
 from engine.training import avatar
