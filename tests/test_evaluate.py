@@ -56,6 +56,28 @@ def test_heldout_clips_are_trimmed_val_clips(clip) -> None:  # noqa: ANN001
     assert len(clip.audio) == MAX_FRAMES * ev.SAMPLES_PER_FRAME and len(clip.speech_mask) == MAX_FRAMES
 
 
+def test_a_trimmed_clip_is_generated_hearing_the_speech_after_its_cut(monkeypatch, backend) -> None:  # noqa: ANN001
+    """Its truth was drawn from the whole sentence, so its last frames anticipate the speech that
+    follows; generation hears that speech too, and only the clip's own frames come back."""
+    whole = ev.heldout_clips(1)[0]
+    short = ev.trim(whole, 13)
+    heard = []
+    render = ev.render_frames
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        heard.append(args[2])
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "render_frames", spy)
+    frames = ev.generate(backend, short, 1)
+    cut = 13 * ev.SAMPLES_PER_FRAME
+    assert len(frames) == short.num_frames == 13
+    assert len(heard[0]) == cut + ev.AUDIO_AFTER_FRAMES * ev.SAMPLES_PER_FRAME
+    assert np.array_equal(heard[0], whole.audio[: len(heard[0])])
+    noise = ev.generate(backend, short, 1, audio=short.audio)  # audio given: exactly that is heard
+    assert len(noise) == 13 and np.array_equal(heard[1], short.audio)
+
+
 def test_score_on_ground_truth_renders_follows_the_mouth(clip) -> None:  # noqa: ANN001
     scores = ev.score(clip.frames(), clip)
     figures = ev.lipsync([scores])

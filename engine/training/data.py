@@ -40,6 +40,9 @@ class Clip:
     audio: np.ndarray  # (N,) float32 at 16 kHz, N = frames * 640
     speech_mask: np.ndarray  # (F,) bool: a speech phoneme covers the frame's centre
     meta: dict  # text, voice, rate, pitch, camera preset/intensity, split, phonemes
+    # The speech that follows a clip cut from a longer one (``evaluate.trim``): a live stream
+    # would already hear it when drawing the clip's last frames, whose truth anticipates it.
+    audio_after: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
