@@ -147,6 +147,19 @@ def test_report_schema_and_values(report_and_calls, clip) -> None:  # noqa: ANN0
         assert 0.0 <= figures["idle_closed_frac"] <= 1.0
         assert figures["motion_above_floor"] == (figures["motion"] > ev.MOTION_FLOOR)
         assert figures["drift_frames"] == clip.num_frames
+        assert len(figures["lipsync_corr_speech_per_clip"]) == 1 and _finite(figures["mouth_gain"])
+    assert report["oracle"]["mouth_gain"] > 0, "on the renders the estimate grows with the mouth"
+
+
+def test_mouth_gain_reads_how_wide_the_mouth_opens() -> None:
+    """Half the opening at the same timing: the same correlation, half the gain."""
+    truth = np.array([0.0, 0.1, 0.4, 0.2, 0.5, 0.3, 0.0, 0.6])
+    spoken = truth > 0
+    full = {"estimate": 3.0 * truth + 1.0, "truth": truth, "speech": spoken}
+    half = {**full, "estimate": 1.5 * truth + 1.0}
+    assert ev.mouth_gain([full]) == pytest.approx(3.0) and ev.mouth_gain([half]) == pytest.approx(1.5)
+    assert ev.per_clip_speech_corr([full, half]) == pytest.approx([1.0, 1.0])
+    assert ev.lipsync([full, half])["lipsync_corr_speech"] < 0.99  # gains that differ cost the pool
 
 
 def test_drift_is_a_slope_per_minute() -> None:

@@ -260,6 +260,24 @@ def lipsync(scores: Sequence[dict[str, np.ndarray]]) -> dict[str, float | None]:
     }
 
 
+def mouth_gain(scores: Sequence[dict[str, np.ndarray]]) -> float | None:
+    """How far the estimated mouth opens per unit of true opening on speech frames (the pooled
+    least-squares slope). Against the same figure on ground-truth renders (``oracle``) it says how
+    wide the mouth opens relative to the truth: a mouth that is right in time but opens only half
+    as wide still correlates, but reads as mumbling, and a gain that varies from clip to clip
+    lowers the pooled correlation."""
+    est, truth, spoken = (_pooled(scores, k) for k in ("estimate", "truth", "speech"))
+    spoken = spoken.astype(bool)
+    if spoken.sum() < 3 or truth[spoken].std() < 1e-12:
+        return None
+    return float(np.polyfit(truth[spoken], est[spoken], 1)[0])
+
+
+def per_clip_speech_corr(scores: Sequence[dict[str, np.ndarray]]) -> list[float | None]:
+    """Each clip's own speech-frame correlation: the spread behind the pooled figure."""
+    return [lipsync([s])["lipsync_corr_speech"] for s in scores]
+
+
 def idle_closed_frac(scores: Sequence[dict[str, np.ndarray]], threshold: float) -> float | None:
     idle = _pooled(scores, "idle").astype(bool)
     if not idle.any():
@@ -310,6 +328,7 @@ def oracle(clips: Sequence[Clip], size: int, threshold: float) -> dict[str, Any]
         motion.append(float(np.abs(np.diff(frames.astype(np.float32), axis=0)).mean()))
     return {
         **lipsync(scores),
+        "mouth_gain": mouth_gain(scores),
         "idle_closed_frac": idle_closed_frac(scores, threshold),
         "speech_open_frac": speech_open_frac(scores, threshold),
         "motion": float(np.mean(motion)),
@@ -386,6 +405,8 @@ def _steps_report(
     motion = _weighted([r["motion"] for r in reports], weights)
     return {
         **lipsync(clean),
+        "lipsync_corr_speech_per_clip": per_clip_speech_corr(clean),
+        "mouth_gain": mouth_gain(clean),
         "seam_ratio": _weighted([r["seam_ratio"] for r in reports], weights),
         "motion": motion,
         "motion_above_floor": motion is not None and motion > MOTION_FLOOR,
@@ -534,6 +555,7 @@ def summary(figures: dict[str, Any]) -> str:
     keys = (
         "lipsync_corr",
         "lipsync_corr_speech",
+        "mouth_gain",
         "idle_closed_frac",
         "idle_closed_frac_noise",
         "seam_ratio",
