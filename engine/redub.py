@@ -69,8 +69,9 @@ MASK_LEVELS = 16.0
 MASK_BLUR = 5
 # Speech region: the probe's change to a decoded frame (levels, as above) at which a pixel is all
 # inside, after a max filter over REGION_REACH pixels (how far lips and jaw travel beyond where the
-# probe put them) and the mask's blur. Chosen on the standard report's re-dub clips: PSNR rose by
-# 0.9-2.6 dB with lip-sync within 0.003; a reach of 13 or a level of 32 began to cut the mouth.
+# probe put them) and the mask's blur. Chosen on the standard report's 4 re-dub clips and the re-dub
+# test's 2: PSNR rose by 1.0-2.6 dB with the report's lip-sync unchanged (0.869); a level of 32 or
+# a reach of 5 began to cut lip-sync (by up to 0.016 on a clip).
 REGION_LEVELS = 16.0
 REGION_REACH = 9
 PROBE_SPEECH = Path(__file__).parent / "assets" / "hello.wav"
