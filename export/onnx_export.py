@@ -104,6 +104,7 @@ def quantize_int8(source: Path, target: Path) -> None:
         # Shapes are static, so ONNX's own inference suffices; onnxruntime's symbolic one mistakes
         # opset 23's Attention for its contrib op of the same name and fails.
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True, save_as_external_data=large)
+        _drop_value_info(prepared)
         quantize_dynamic(
             prepared,
             target,
@@ -115,6 +116,19 @@ def quantize_int8(source: Path, target: Path) -> None:
         raise ExportError(f"int8 quantisation of {source.name} failed: {one_line(exc)}") from exc
     for leftover in source.parent.glob(f"{prepared.name}*"):
         leftover.unlink()
+
+
+def _drop_value_info(path: Path) -> None:
+    """Forget the intermediate shapes that pre-processing recorded; the quantiser infers its own.
+
+    onnxruntime 1.30's quantiser, after its own rewrites, re-infers shapes over these records and
+    fails where they disagree (the DiT graph: "differ in dimension 0: (256) vs (192)"); 1.32's
+    does not. Without them both quantise. The weights, external or not, stay where they are."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
 
 
 def component_files(directory: Path, main: str) -> dict[str, dict]:
