@@ -97,6 +97,10 @@ def _load(
         return _load_torch(model_or_preset, device, precision, threads)
     expected = None
     directory = Path(model_or_preset) if manifest is not None else None
+    if name == "onnx":
+        from engine.runtime.onnx_backend import check_device, import_onnxruntime
+
+        check_device(import_onnxruntime(), device)
     if directory is None:
         from export.cache import ensure_exported
         from export.errors import ExportError

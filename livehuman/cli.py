@@ -277,7 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="one long run per step count for drift (default 0: none)",
     )
-    evaluate.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    evaluate.add_argument(
+        "--backend",
+        choices=("torch", "onnx", "auto"),
+        default="torch",
+        help="model runtime (default torch on the CPU; auto takes the fastest that loads, a GPU if any)",
+    )
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument(
         "--write-fallback",

@@ -211,6 +211,16 @@ def test_load_backend_picks_by_name_and_export(model: LiveHumanModel, exported: 
         load_backend("jax", exported)  # type: ignore[arg-type]
 
 
+def test_onnx_on_cuda_without_its_runtime_fails_before_exporting(
+    model: LiveHumanModel, tmp_path: Path
+) -> None:
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime runs on CUDA")
+    with pytest.raises(BackendUnavailable, match="onnxruntime-gpu"):
+        load_backend("onnx", model, device="cuda", cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing exported for a runtime that cannot run it
+
+
 def _has_tensorrt_gpu() -> bool:
     try:
         import tensorrt  # noqa: F401

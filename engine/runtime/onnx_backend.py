@@ -50,18 +50,28 @@ def import_onnxruntime() -> ModuleType:
     return onnxruntime
 
 
-def execution_providers(ort: ModuleType, device: str, cache_dir: Path) -> list[Any]:
-    """CPU EP for ``cpu``; TensorRT (when present), then CUDA, then CPU for ``cuda``."""
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if device != "cuda":
+def check_device(ort: ModuleType, device: str) -> list[str]:
+    """The providers this onnxruntime offers, if it can run on ``device``; else BackendUnavailable.
+
+    Separate from ``execution_providers`` so that ``auto`` on a GPU machine with the CPU-only
+    onnxruntime gives up on onnx/cuda before exporting anything, not after a minute of export.
+    """
+    if device not in ("cpu", "cuda"):
         raise BackendUnavailable(f"onnx: unknown device {device!r}; choose cpu or cuda")
     available = ort.get_available_providers()
-    if "CUDAExecutionProvider" not in available:
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
         raise BackendUnavailable(
             f"onnx: device 'cuda' needs onnxruntime-gpu, but this onnxruntime offers {', '.join(available)} "
             "(pip uninstall onnxruntime, then pip install 'livehuman[cuda]')"
         )
+    return available
+
+
+def execution_providers(ort: ModuleType, device: str, cache_dir: Path) -> list[Any]:
+    """CPU EP for ``cpu``; TensorRT (when present), then CUDA, then CPU for ``cuda``."""
+    available = check_device(ort, device)
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
     providers: list[Any] = []
     if "TensorrtExecutionProvider" in available:
         # ORT's TensorRT EP builds engines on first run; caching them beside the graphs makes
