@@ -15,7 +15,7 @@ from engine.models.vae import colour_to_latent, latent_to_colour
 from engine.training import data
 from engine.training.distill_stage import STUDENT_STEPS
 from engine.training.dit_stage import MouthProbe, aux_loss, flow_matching_loss
-from engine.training.pipeline import ADDONS, PLANS, train
+from engine.training.pipeline import ADDONS, PLANS, _encoded, train
 from engine.training.stage import RunState, cosine_lr, run_stage, step_rng
 from engine.training.vae_stage import vae_batch, vae_loss
 from engine.training.windows import audio_tokens, encode_clips, sample_items, window_batch
@@ -188,6 +188,21 @@ def test_smoke_training_run_saves_a_loadable_model_and_resumes_as_done(tmp_path)
     mtime = (out / "model.safetensors").stat().st_mtime_ns
     train("tiny", tmp_path / "run", PLANS["smoke"], seed=0)  # everything done: nothing retrains
     assert (out / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_the_latent_cache_grows_with_the_clips_asked_for_never_a_stale_length(tmp_path, clips, model):
+    encoded_counts = []
+
+    def progress(label, done, total):  # noqa: ANN001
+        encoded_counts.append(total)
+
+    first = _encoded(tmp_path, model, clips[:1], "lipsync", 9, progress)
+    both = _encoded(tmp_path, model, clips, "lipsync", 9, progress)
+    assert encoded_counts == [1, 1], "the second call encodes only the clip the cache lacks"
+    assert len(both) == 2 and torch.equal(both[0].latents, first[0].latents)
+    assert torch.equal(both[1].latents, encode_clips(model, clips[1:], 9)[0].latents)
+    fewer = _encoded(tmp_path, model, clips[:1], "lipsync", 9, progress)
+    assert len(fewer) == 1 and encoded_counts == [1, 1]
 
 
 def test_the_full_plan_distils_a_teacher_of_at_least_40_steps_into_4_2_1():

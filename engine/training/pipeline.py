@@ -527,11 +527,17 @@ def _stage_model(out_dir: Path, stage: str, config: ModelConfig, seed: int) -> L
 def _encoded(
     out_dir: Path, model: LiveHumanModel, clips: list[data.Clip], split: str, frames: int, progress: _Progress
 ) -> list[EncodedClip]:
+    """The clips' latents, cached in clip order: a run asked for more clips than the cache holds
+    (a stage's ``clips`` raised on resume) encodes only the new ones, and one asked for fewer takes
+    the first ones, never a stale list of another length."""
     path = out_dir / "stages" / f"latents_{split}.pt"
-    if path.exists():
-        return [EncodedClip(**item) for item in torch.load(path, weights_only=False)]
+    cached = [EncodedClip(**item) for item in torch.load(path, weights_only=False)] if path.exists() else []
+    if len(cached) >= len(clips):
+        return cached[: len(clips)]
     model.eval()
-    encoded = encode_clips(model, clips, frames, lambda d, t: progress(f"latents {split}", d, t))
+    encoded = cached + encode_clips(
+        model, clips[len(cached) :], frames, lambda d, t: progress(f"latents {split}", d, t)
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save([dataclasses.asdict(e) for e in encoded], path)
     return encoded
