@@ -3,8 +3,8 @@
     python benchmarks/cuda_parity.py --preset default --out benchmarks/results
 
 The unit test checks the CUDA path on a random tiny model; this checks what a GPU user gets from
-the shipped one. It renders the same speech from the same portrait and seed through the real
-scheduler on the CPU (the reference) and on CUDA, fp32 eager and the CUDA default (a bf16 DiT,
+the shipped one. It renders the same speech from the same portrait and seed as ``livehuman render``
+does, on the CPU (the reference) and on CUDA, fp32 eager and the CUDA default (a bf16 DiT,
 compiled into CUDA graphs), and reports the frame difference, PSNR, how the mouth estimator's
 reading of the CUDA frames follows the CPU frames', and each render's time: the second render,
 since the first one compiles. Needs a CUDA GPU; without one it says so and exits 2.
@@ -25,10 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import environment, write_result  # noqa: E402
-from engine.generator import Conditioning  # noqa: E402
-from engine.media import read_audio, read_image  # noqa: E402
+from engine.media import DecodedAudio, read_audio, read_image  # noqa: E402
+from engine.render import render_frames  # noqa: E402
 from engine.runtime.torch_backend import TorchBackend  # noqa: E402
-from engine.scheduler import Scheduler  # noqa: E402
 from engine.training.estimators import mouth_opening  # noqa: E402
 from engine.weights import resolve_model  # noqa: E402
 
@@ -41,27 +40,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def render(
-    backend: TorchBackend, portrait: np.ndarray, samples: np.ndarray, rate: int
+def timed_render(
+    backend: TorchBackend, portrait: np.ndarray, audio: DecodedAudio
 ) -> tuple[np.ndarray, float]:
-    """Every frame of one offline render, and its wall time."""
-    sched = Scheduler(backend, Conditioning.from_portrait(backend, portrait), backend.config, seed=0)
-    sched.push_audio(samples, rate)
-    sched.end_input()
-    frames = []
+    """Every frame of one offline render (``engine.render.render_frames``), and its wall time."""
     start = time.perf_counter()
-    while not sched.done:
-        sched.work()
-        frames += sched.release()
-    return np.stack([f.rgb for f in frames]).astype(np.float32), time.perf_counter() - start
+    frames, _ = render_frames(backend, portrait, audio.mono(), sample_rate=audio.sample_rate)
+    return frames.astype(np.float32), time.perf_counter() - start
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     audio = read_audio(args.audio)
-    samples, rate = audio.samples.mean(axis=0), audio.sample_rate
     cpu = TorchBackend(resolve_model(args.preset))
     portrait = read_image(args.image, cpu.config.height, cpu.config.width)
-    reference, cpu_seconds = render(cpu, portrait, samples, rate)
+    reference, cpu_seconds = timed_render(cpu, portrait, audio)
     reference_mouth = mouth_opening(reference, portrait)
     result: dict[str, Any] = {
         "bench": "cuda_parity",
@@ -73,8 +65,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     for name, options in VARIANTS.items():
         backend = TorchBackend(resolve_model(args.preset), "cuda", **options)
-        first_seconds = render(backend, portrait, samples, rate)[1]
-        frames, seconds = render(backend, portrait, samples, rate)
+        first_seconds = timed_render(backend, portrait, audio)[1]
+        frames, seconds = timed_render(backend, portrait, audio)
         error = np.abs(frames - reference)
         mse = float(np.mean(error**2))
         mouth = mouth_opening(frames, portrait)
