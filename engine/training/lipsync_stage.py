@@ -40,7 +40,7 @@ from engine.training.windows import EncodedClip, audio_tokens, sample_items, win
 @dataclass(frozen=True)
 class LipsyncTrainConfig:
     # Portrait clips (static camera), the DiT stage's recipes; also the decoder stage's. 140 -> 360
-    # (``--redo lipsync,decoder`` on the default, 28 min), 4 steps, speech frames: the standard
+    # (``--redo lipsync,decoder`` on the default, 27 min), 4 steps, speech frames: the standard
     # report's 4 held-out clips 0.846 -> 0.855, the default-model test's 2 clips 0.805 -> 0.812.
     # 720 (35 min, from the same 140-clip model) did not add: 0.846 on the 4, 0.819 on 8 (360: 0.831).
     clips: int = 360
