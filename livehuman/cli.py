@@ -90,11 +90,12 @@ def _train(args: argparse.Namespace) -> int:
         redo = _names(args.redo) if args.redo else ()
         addons = _names(args.addons) if args.addons else () if redo else ADDONS
         model_dir = finetune(
-            source, Path(args.out), PLANS[args.plan], seed=args.seed, addons=addons, redo=redo
-        )
+            source, Path(args.out), PLANS[args.plan], seed=args.seed, addons=addons, redo=redo,
+            device=args.device,
+        )  # fmt: skip
     else:
         get_preset(args.preset)  # an unknown preset is a one-line error before any work starts
-        model_dir = train(args.preset, Path(args.out), PLANS[args.plan], seed=args.seed)
+        model_dir = train(args.preset, Path(args.out), PLANS[args.plan], seed=args.seed, device=args.device)
     log.info("trained model in %s (use it with --preset %s)", model_dir, model_dir)
     return 0
 
@@ -244,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--plan", choices=("full", "smoke"), default="full", help="full (~1 h on 2 CPU cores) or smoke (CI)"
     )
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to compute: auto (a GPU if torch sees one, else the CPU), cpu or cuda; a seed "
+        "draws the same batches on any device",
+    )
     train.add_argument(
         "--finetune",
         metavar="MODEL",

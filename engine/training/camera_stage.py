@@ -21,6 +21,7 @@ from engine.config import ModelConfig
 from engine.models.dit import WanDiT
 from engine.models.livehuman import LiveHumanModel
 from engine.sampler import FlowSampler
+from engine.training.device import module_device
 from engine.training.distill_stage import STUDENT_STEPS
 from engine.training.dit_stage import flow_matching_loss
 from engine.training.stage import step_rng
@@ -75,11 +76,12 @@ def live_step_fn(
     """A fine-tune step on windows of ``encoded`` clips: flow matching at the live sampler's noise
     levels. The camera and lip-sync stages differ only in their clips and trainable parameters."""
     sigmas = np.array(live_sigmas(config))
+    device = module_device(model)
 
     def step(step_index: int) -> dict[str, float]:
         rng, gen = step_rng(seed, stage, step_index)
         items = sample_items(encoded, rng, batch_size, config.scheduler.window)
-        batch = window_batch(encoded, items, config, mouth_weight, 0.0, gen)
+        batch = window_batch(encoded, items, config, mouth_weight, 0.0, gen).to(device)
         with torch.set_grad_enabled(train_audio_encoder):
             _, tokens = audio_tokens(model, batch, config)
         sigma = torch.tensor(rng.choice(sigmas, size=batch_size), dtype=torch.float32)

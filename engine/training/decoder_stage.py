@@ -40,6 +40,7 @@ import torch
 from engine.config import FRAMES_PER_LATENT, SAMPLES_PER_FRAME
 from engine.models.livehuman import LiveHumanModel
 from engine.training.data import Clip
+from engine.training.device import module_device
 from engine.training.stage import step_rng
 from engine.training.vae_stage import SEGMENT_FRAMES, mouth_weights, to_model_frames
 from engine.training.windows import EncodedClip
@@ -85,11 +86,12 @@ def decoder_parameter_groups(model: LiveHumanModel) -> list[dict]:
 
 @torch.no_grad()
 def clip_features(model: LiveHumanModel, clip: Clip) -> torch.Tensor:
-    """(F, Da) the audio encoder's feature for each clip frame (frame j from sample 640 j on)."""
+    """(F, Da) the audio encoder's feature for each clip frame (frame j from sample 640 j on), on
+    the CPU."""
     n = clip.num_frames
     audio = np.zeros(model.audio.num_samples(n), np.float32)
     audio[: min(len(clip.audio), n * SAMPLES_PER_FRAME)] = clip.audio[: n * SAMPLES_PER_FRAME]
-    return model.audio(torch.from_numpy(audio)[None])[0]
+    return model.audio(torch.from_numpy(audio)[None].to(module_device(model)))[0].cpu()
 
 
 SEGMENT_LATENTS = 1 + (SEGMENT_FRAMES - 1) // FRAMES_PER_LATENT  # a still, then latents of 4 frames
@@ -123,6 +125,7 @@ def decoder_step_fn(
     vae, size, factor = model.vae, model.config.height, model.config.vae.spatial_factor
     crop = cfg.crop // factor
     scales = [float(e.latents.std()) for e in encoded]  # each clip's latent spread, for the noise
+    device = module_device(model)
 
     def step(step_index: int) -> dict[str, float]:
         rng, gen = step_rng(seed, "decoder", step_index)
@@ -149,8 +152,10 @@ def decoder_step_fn(
             weights.append(torch.from_numpy(weight[None, :, y : y + side, x : x + side]))
             # decode() makes 3 frames before a segment's first (dropped): they hear latent m's.
             heard.append(features[c][first - FRAMES_PER_LATENT + 1 : first + SEGMENT_FRAMES])
-        video, weight = torch.stack(videos), torch.stack(weights)
-        recon = vae.decode(torch.stack(latents), torch.stack(heard))
+        video, weight, latent, audio = (
+            torch.stack(parts).to(device) for parts in (videos, weights, latents, heard)
+        )
+        recon = vae.decode(latent, audio)
         l1 = ((recon - video).abs() * weight).sum() / (weight.sum() * 3)
         moved, truth, w = recon.diff(dim=2), video.diff(dim=2), weight[:, :, 1:]
         motion = ((moved - truth).abs() * w).sum() / (w.sum() * 3)

@@ -23,6 +23,7 @@ import torch
 from engine.config import ModelConfig
 from engine.models.livehuman import LiveHumanModel
 from engine.sampler import FlowSampler, shift_sigma
+from engine.training.device import module_device, seeded_noise
 from engine.training.dit_stage import MouthProbe, aux_loss, dit_velocity
 from engine.training.stage import step_rng
 from engine.training.windows import EncodedClip, audio_tokens, sample_items, window_batch
@@ -48,17 +49,18 @@ def teacher_sample(
     noise: torch.Tensor,
     steps: int,
 ) -> torch.Tensor:
-    """Euler-integrate the teacher from ``noise`` (B, C, W, h, w) to a clean window, overlap pinned."""
+    """Euler-integrate the teacher from ``noise`` (B, C, W, h, w) to a clean window, overlap pinned;
+    on the device of ``noise``."""
     config = model.config
     O = config.scheduler.overlap
-    batch = window_batch(encoded, items, config, 0.0)
+    batch = window_batch(encoded, items, config, 0.0).to(noise.device)
     _, tokens = audio_tokens(model, batch, config)
     prefix = batch.x0[:, :, :O]
     grid = [shift_sigma(1.0 - i / steps, config.sampler.shift) for i in range(steps + 1)]  # 1 -> 0
     x = noise.clone()
     for sigma, sigma_next in zip(grid[:-1], grid[1:], strict=True):
         x[:, :, :O] = (1 - sigma) * prefix + sigma * noise[:, :, :O]
-        v = dit_velocity(model, x, torch.full((x.shape[0],), sigma), batch, tokens)
+        v = dit_velocity(model, x, torch.full((x.shape[0],), sigma, device=x.device), batch, tokens)
         x = x + (sigma_next - sigma) * v
     return x
 
@@ -71,8 +73,10 @@ def cache_trajectories(
     seed: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Teacher (items, noise, sample) for ``cfg.trajectories`` windows, one file per chunk."""
+    """Teacher (items, noise, sample) for ``cfg.trajectories`` windows, one file per chunk: sampled
+    on the model's device, kept on the CPU."""
     cache_dir.mkdir(parents=True, exist_ok=True)
+    device = module_device(model)
     chunks = -(-cfg.trajectories // cfg.chunk)
     model.eval()
     for c in range(chunks):
@@ -84,7 +88,7 @@ def cache_trajectories(
             noise = torch.randn(
                 (cfg.chunk, e.shape[0], model.config.scheduler.window, *e.shape[2:]), generator=gen
             )
-            sample = teacher_sample(model, encoded, items, noise, cfg.teacher_steps)
+            sample = teacher_sample(model, encoded, items, noise.to(device), cfg.teacher_steps).cpu()
             tmp = path.with_suffix(".tmp")
             torch.save({"items": torch.tensor(items), "noise": noise, "sample": sample}, tmp)
             tmp.replace(path)
@@ -107,13 +111,14 @@ def distill_step_fn(
     sampler = FlowSampler(config.sampler)
     O = config.scheduler.overlap
     total = trajectories["items"].shape[0]
+    device = module_device(student)
 
     def step(step_index: int) -> dict[str, float]:
         rng, gen = step_rng(seed, "distill", step_index)
         pick = torch.from_numpy(rng.choice(total, size=cfg.batch, replace=False))
         items = [tuple(int(v) for v in row) for row in trajectories["items"][pick]]
-        batch = window_batch(encoded, items, config, mouth_weight)
-        target, noise = trajectories["sample"][pick], trajectories["noise"][pick]
+        batch = window_batch(encoded, items, config, mouth_weight).to(device)
+        target, noise = (trajectories[k][pick].to(device) for k in ("sample", "noise"))
         # One step count per batch, then one of its steps.
         steps = int(rng.choice(STUDENT_STEPS))
         j = int(rng.integers(steps))
@@ -121,12 +126,12 @@ def distill_step_fn(
         if j == 0:
             x = noise.clone()  # sigma is 1 at the first step: the trajectory's own noise
         else:
-            fresh = torch.randn(target.shape, generator=gen)
+            fresh = seeded_noise(target.shape, gen, device)
             x = (1 - sigma) * target + sigma * fresh
             if j < steps - 1:  # the live generator pins the overlap at every step but the last
                 x[:, :, :O] = (1 - sigma) * batch.x0[:, :, :O] + sigma * fresh[:, :, :O]
         features, tokens = audio_tokens(student, batch, config)
-        v = dit_velocity(student, x, torch.full((cfg.batch,), sigma), batch, tokens)
+        v = dit_velocity(student, x, torch.full((cfg.batch,), sigma, device=device), batch, tokens)
         x0 = x - sigma * v
         loss = ((x0 - target).pow(2) * batch.weight).sum() / (batch.weight.sum() * target.shape[1])
         aux = aux_loss(probe, features, batch)

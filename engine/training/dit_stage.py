@@ -23,6 +23,7 @@ from torch import nn
 from engine.config import ModelConfig
 from engine.models.livehuman import LiveHumanModel
 from engine.sampler import shift_sigma
+from engine.training.device import module_device, seeded_noise
 from engine.training.stage import step_rng
 from engine.training.windows import EncodedClip, WindowBatch, audio_tokens, sample_items, window_batch
 
@@ -79,7 +80,7 @@ def dit_velocity(
         tokens,
         text_context(model, B) if text is None else text,
         batch.camera,
-        torch.zeros(B, model.config.dit.num_attributes),
+        x.new_zeros(B, model.config.dit.num_attributes),
     )
 
 
@@ -94,11 +95,12 @@ def flow_matching_loss(
     """Wan's objective: x_s = (1-s) x0 + s n, predict v = n - x0. ``sigma`` (B,) fixes the noise
     levels (the camera and prompt stages use the live sampler's); by default they are drawn with
     its shift. ``text`` is the prompt context (the empty prompt's by default)."""
-    B = batch.x0.shape[0]
+    B, device = batch.x0.shape[0], batch.x0.device
     if sigma is None:
         t = torch.rand(B, generator=gen)
         sigma = torch.tensor([shift_sigma(float(v), model.config.sampler.shift) for v in t])
-    noise = torch.randn(batch.x0.shape, generator=gen)
+    sigma = sigma.to(device)
+    noise = seeded_noise(batch.x0.shape, gen, device)
     s = sigma.view(B, 1, 1, 1, 1)
     x = (1 - s) * batch.x0 + s * noise
     velocity = dit_velocity(model, x, sigma, batch, tokens, text)
@@ -115,11 +117,13 @@ def _draw_batch(
     step_index: int,
     mouth_weight: float,
     prefix_noise: float,
+    device: torch.device,
 ) -> tuple[WindowBatch, torch.Generator]:
-    """The step's windows and the generator its noise comes from, both fixed by (seed, stage, step)."""
+    """The step's windows and the generator its noise comes from, both fixed by (seed, stage, step),
+    the windows on ``device``."""
     rng, gen = step_rng(seed, stage, step_index)
     items = sample_items(encoded, rng, cfg.batch, config.scheduler.window)
-    return window_batch(encoded, items, config, mouth_weight, prefix_noise, gen), gen
+    return window_batch(encoded, items, config, mouth_weight, prefix_noise, gen).to(device), gen
 
 
 def audio_step_fn(
@@ -130,8 +134,10 @@ def audio_step_fn(
     cfg: DiTTrainConfig,
     seed: int,
 ) -> Callable[[int], dict[str, float]]:
+    device = module_device(model)
+
     def step(step_index: int) -> dict[str, float]:
-        batch, _ = _draw_batch(encoded, config, cfg, seed, "audio", step_index, 0.0, 0.0)
+        batch, _ = _draw_batch(encoded, config, cfg, seed, "audio", step_index, 0.0, 0.0, device)
         features = model.audio(batch.audio)
         loss = aux_loss(probe, features, batch)
         loss.backward()
@@ -148,9 +154,11 @@ def dit_step_fn(
     cfg: DiTTrainConfig,
     seed: int,
 ) -> Callable[[int], dict[str, float]]:
+    device = module_device(model)
+
     def step(step_index: int) -> dict[str, float]:
         batch, gen = _draw_batch(
-            encoded, config, cfg, seed, "dit", step_index, cfg.mouth_weight, cfg.prefix_noise
+            encoded, config, cfg, seed, "dit", step_index, cfg.mouth_weight, cfg.prefix_noise, device
         )
         features, tokens = audio_tokens(model, batch, config)
         fm = flow_matching_loss(model, batch, tokens, gen)
@@ -172,11 +180,12 @@ def probe_correlation(
     """Correlation of the probe's mouth opening with the truth on whole held-out clips: how much
     of the mouth the audio features alone explain."""
     preds, truths = [], []
+    device = module_device(model)
     for e in encoded:
         n = len(e.mouth)
         pad = (len(e.audio) - n * 640) // 2
         span = e.audio[pad : pad + n * 640 + config.audio.n_fft - config.audio.hop_length]
-        features = model.audio(torch.from_numpy(span)[None])
-        preds.append(probe(features)[0, :, 0].numpy())
+        features = model.audio(torch.from_numpy(span)[None].to(device))
+        preds.append(probe(features)[0, :, 0].cpu().numpy())
         truths.append(e.mouth[:, 0])
     return float(np.corrcoef(np.concatenate(preds), np.concatenate(truths))[0, 1])

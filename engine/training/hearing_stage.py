@@ -37,6 +37,7 @@ from torch import nn
 
 from engine.models.audio import AudioResBlock
 from engine.models.livehuman import LiveHumanModel
+from engine.training.device import module_device
 from engine.training.stage import step_rng
 from engine.training.windows import AudioTrack, audio_window, sample_items
 
@@ -74,7 +75,7 @@ def deepen_encoder(model: LiveHumanModel, num_layers: int) -> None:
     record the depth in the model's config, which the saved weights are loaded with."""
     audio = model.audio
     while len(audio.blocks) < num_layers:
-        block = AudioResBlock(audio.cfg.dim)
+        block = AudioResBlock(audio.cfg.dim).to(module_device(audio))
         nn.init.zeros_(block.mlp[-1].weight)
         nn.init.zeros_(block.mlp[-1].bias)
         audio.blocks.append(block)
@@ -95,12 +96,13 @@ def hearing_step_fn(
     model: LiveHumanModel, head: MouthHead, tracks: list[AudioTrack], cfg: HearingTrainConfig, seed: int
 ) -> Callable[[int], dict[str, float]]:
     config = model.config
+    device = module_device(model)
 
     def step(step_index: int) -> dict[str, float]:
         rng, _ = step_rng(seed, "hearing", step_index)
         items = sample_items(tracks, rng, cfg.batch, config.scheduler.window)
         cuts = [audio_window(tracks[i], k, config) for i, k in items]
-        audio, target, inside = (torch.stack(parts) for parts in zip(*cuts, strict=True))
+        audio, target, inside = (torch.stack(parts).to(device) for parts in zip(*cuts, strict=True))
         err = (head(model.audio(audio)) - target).pow(2).sum(-1)  # (B, F)
         loss = (err * inside).sum() / inside.sum().clamp_min(1.0)
         loss.backward()

@@ -31,6 +31,7 @@ from torch import nn
 
 from engine.models.livehuman import LiveHumanModel
 from engine.sampler import FlowSampler
+from engine.training.device import module_device
 from engine.training.dit_stage import dit_velocity
 from engine.training.rollout import sampler_states
 from engine.training.stage import step_rng
@@ -89,17 +90,18 @@ def onpolicy_step_fn(
     model noised *true* latents; after the first step, the live model sees its own."""
     config = model.config
     sigmas = FlowSampler(config.sampler).sigmas(steps)
+    device = module_device(model)
 
     def step(step_index: int) -> dict[str, float]:
         rng, gen = step_rng(seed, "lipsync_onpolicy", step_index)
         items = sample_items(encoded, rng, cfg.batch, config.scheduler.window)
-        batch = window_batch(encoded, items, config, cfg.mouth_weight, 0.0, gen)
+        batch = window_batch(encoded, items, config, cfg.mouth_weight, 0.0, gen).to(device)
         with torch.no_grad():
             _, tokens = audio_tokens(model, batch, config)
         level = rng.integers(0, steps, size=cfg.batch)
         states = sampler_states(model, batch, tokens, sigmas, gen, last=int(level.max()))
         x = torch.stack([states[j][i] for i, j in enumerate(level)])
-        sigma = torch.tensor([sigmas[j] for j in level], dtype=torch.float32)
+        sigma = torch.tensor([sigmas[j] for j in level], dtype=torch.float32, device=device)
         velocity = dit_velocity(model, x, sigma, batch, tokens)
         x0 = x - sigma.view(-1, 1, 1, 1, 1) * velocity
         err = (x0 - batch.x0).pow(2) * batch.weight

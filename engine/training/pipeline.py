@@ -6,7 +6,8 @@ checkpoint, where it stopped. Seeds are fixed per step, so a resumed run draws t
 The finished student is ``OUT/model`` (``config.json`` + ``model.safetensors``): pass it as
 ``--preset`` anywhere, or copy it to ``engine/assets/default_model``. ``finetune`` runs the
 add-on stages a model lacks (camera branch, re-dubbing a video, prompt control) on a model
-trained before, instead of retraining it.
+trained before, instead of retraining it. Both compute on ``device`` (a lent GPU, or the CPU)
+with the same batches for a seed either way (``engine.training.device``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from engine.training.decoder_stage import (
     decoder_parameter_groups,
     decoder_step_fn,
 )
+from engine.training.device import module_device, on_cpu, training_device
 from engine.training.distill_stage import DistillConfig, cache_trajectories, distill_step_fn
 from engine.training.dit_stage import (
     DiTTrainConfig,
@@ -150,8 +152,18 @@ class _Progress:
             self.bar = None
 
 
-def train(preset: str, out_dir: Path, plan: TrainPlan, seed: int = 0, data_dir: Path | None = None) -> Path:
-    """Run (or resume) every stage; returns the student's directory."""
+def train(
+    preset: str,
+    out_dir: Path,
+    plan: TrainPlan,
+    seed: int = 0,
+    data_dir: Path | None = None,
+    device: str = "cpu",
+) -> Path:
+    """Run (or resume) every stage on ``device`` (auto, cpu or cuda); returns the student's
+    directory."""
+    on = training_device(device)
+    log.info("training on %s", on)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     state = RunState(out_dir)
@@ -176,7 +188,7 @@ def train(preset: str, out_dir: Path, plan: TrainPlan, seed: int = 0, data_dir: 
     val_clips = list(data.iter_clips(data_dir, "val"))
 
     # 2. VAE.
-    model = _stage_model(out_dir, "vae", config, seed)
+    model = _stage_model(out_dir, "vae", config, seed, on)
     if not state.done("vae"):
         t0 = time.perf_counter()
         cfg = plan.vae
@@ -200,10 +212,10 @@ def train(preset: str, out_dir: Path, plan: TrainPlan, seed: int = 0, data_dir: 
     encoded_val = _encoded(out_dir, model, val_clips, "val", plan.encode_frames, progress)
 
     # 4. Audio probe, then the teacher DiT with the probe kept on.
-    probe = MouthProbe(config.audio.dim)
+    probe = MouthProbe(config.audio.dim).to(on)
     probe_path = out_dir / "stages" / "probe.pt"
     if probe_path.exists():
-        probe.load_state_dict(torch.load(probe_path, weights_only=True))
+        probe.load_state_dict(torch.load(probe_path, weights_only=True, map_location="cpu"))
     cfg = plan.dit
     if not state.done("audio"):
         t0 = time.perf_counter()
@@ -218,7 +230,7 @@ def train(preset: str, out_dir: Path, plan: TrainPlan, seed: int = 0, data_dir: 
         corr = probe_correlation(model, probe, encoded_val, config)
         save_model(model, out_dir / "stages" / "audio")
         state.record("audio", seconds=round(time.perf_counter() - t0, 1), **tail, probe_corr_val=corr)
-        model = _stage_model(out_dir, "audio", config, seed)
+        model = _stage_model(out_dir, "audio", config, seed, on)
     if not state.done("dit"):
         t0 = time.perf_counter()
         params = [*model.dit.parameters(), *model.audio.parameters(), *probe.parameters()]
@@ -232,7 +244,7 @@ def train(preset: str, out_dir: Path, plan: TrainPlan, seed: int = 0, data_dir: 
         corr = probe_correlation(model, probe, encoded_val, config)
         save_model(model, out_dir / "stages" / "teacher")
         state.record("dit", seconds=round(time.perf_counter() - t0, 1), **tail, probe_corr_val=corr)
-    teacher = _stage_model(out_dir, "teacher", config, seed)
+    teacher = _stage_model(out_dir, "teacher", config, seed, on)
 
     # 5. Teacher trajectories (cached on disk), then the student.
     dcfg = plan.distill
@@ -242,7 +254,7 @@ def train(preset: str, out_dir: Path, plan: TrainPlan, seed: int = 0, data_dir: 
     )
     if not state.done("trajectories"):
         state.record("trajectories", seconds=round(time.perf_counter() - t0, 1), count=dcfg.trajectories)
-    student = _stage_model(out_dir, "teacher", config, seed)
+    student = _stage_model(out_dir, "teacher", config, seed, on)
     if not state.done("distill"):
         t0 = time.perf_counter()
         params = [*student.dit.parameters(), *student.audio.parameters(), *probe.parameters()]
@@ -255,7 +267,7 @@ def train(preset: str, out_dir: Path, plan: TrainPlan, seed: int = 0, data_dir: 
         save_model(student, out_dir / "model")
         state.record("distill", seconds=round(time.perf_counter() - t0, 1), **tail)
     progress.close()
-    return finetune(out_dir / "model", out_dir, plan, seed)
+    return finetune(out_dir / "model", out_dir, plan, seed, device=device)
 
 
 def finetune(
@@ -265,6 +277,7 @@ def finetune(
     seed: int = 0,
     addons: tuple[str, ...] = ADDONS,
     redo: tuple[str, ...] = (),
+    device: str = "cpu",
 ) -> Path:
     """The add-on stages of ``addons`` a trained model lacks, in ``ADDONS`` order, each with the
     rest of the model frozen: hearing (a deeper audio encoder taught the mouth directly; it resets
@@ -273,14 +286,16 @@ def finetune(
     branch (clips with camera moves), re-dubbing a video (the same branch, on source/re-dub
     pairs), prompt control (clips rendered with and without the prompt's attributes). Those in
     ``redo`` run even where the model has them (a better recipe for a shipped model). Writes
-    ``OUT/model``, which declares the capabilities; resumable."""
+    ``OUT/model``, which declares the capabilities; resumable. Trains on ``device`` (auto, cpu or
+    cuda)."""
     unknown = sorted((set(addons) | set(redo)) - set(ADDONS))
     if unknown:
         raise ConfigError(f"addons: unknown {', '.join(unknown)}; choose from {', '.join(ADDONS)}")
+    on = training_device(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = RunState(out_dir)
     progress = _Progress()
-    model = load_model(model_dir)
+    model = load_model(model_dir).to(on)
     given = model.config.capabilities
     stages = {
         "hearing": _train_hearing,
@@ -337,7 +352,7 @@ def _addon_stage(
     it is one)."""
     path = out_dir / "stages" / name
     if state.done(name):
-        return load_model(path)
+        return load_model(path).to(module_device(model))
     t0 = time.perf_counter()
     tail = train(model, out_dir, plan, seed, progress)
     if hasattr(model.config.capabilities, name):
@@ -413,7 +428,7 @@ def _train_hearing(
     with torch.random.fork_rng(devices=[]):  # the new blocks and the head start from the seed
         torch.manual_seed(seed)
         deepen_encoder(model, cfg.num_layers)
-        head = MouthHead(model.config.audio.dim, cfg.head_frames)
+        head = MouthHead(model.config.audio.dim, cfg.head_frames).to(module_device(model))
     reset_readers(model)
     model.requires_grad_(False)
     model.audio.requires_grad_(True)
@@ -457,7 +472,8 @@ def _train_decoder(
         model, encoded, cfg.sample_steps, seed, progress=lambda d, t: progress("dit latents", d, t)
     )
     features = [clip_features(model, clip) for clip in clips]
-    params = decoder_parameter_groups(model)
+    with on_cpu(model.vae.decoder):  # a seed re-initialises the same adapters on any device
+        params = decoder_parameter_groups(model)
     step = decoder_step_fn(model, clips, encoded, generated, features, cfg, seed)
     return _fine_tune(out_dir, "decoder", {"decoder": model.vae.decoder}, params, cfg, step, progress)
 
@@ -467,7 +483,8 @@ def _train_camera(
 ) -> dict[str, float]:
     cfg = plan.camera
     encoded = _camera_clips(model, out_dir, plan, seed, progress)
-    init_camera_branch(model.dit)
+    with on_cpu(model.dit):  # a seed initialises the same branch on any device
+        init_camera_branch(model.dit)
     params = freeze_all_but_camera(model)
     step = live_step_fn(model, encoded, model.config, cfg.batch, cfg.mouth_weight, seed, "camera")
     return _fine_tune(out_dir, "camera", {"dit": model.dit}, params, cfg, step, progress)
@@ -514,14 +531,17 @@ def _train_prompt(
     return _fine_tune(out_dir, "prompt", {"dit": model.dit, "text": model.text}, params, cfg, step, progress)
 
 
-def _stage_model(out_dir: Path, stage: str, config: ModelConfig, seed: int) -> LiveHumanModel:
-    """The model as a finished stage left it, or a fresh one if that stage has not finished."""
+def _stage_model(
+    out_dir: Path, stage: str, config: ModelConfig, seed: int, device: torch.device
+) -> LiveHumanModel:
+    """The model as a finished stage left it, or a fresh one (initialised on the CPU, so the same
+    on any device) if that stage has not finished; on ``device``."""
     path = out_dir / "stages" / stage
     if (path / "model.safetensors").exists():
-        return load_model(path)
+        return load_model(path).to(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return LiveHumanModel(config)
+        return LiveHumanModel(config).to(device)
 
 
 def _encoded(
@@ -545,4 +565,4 @@ def _encoded(
 
 def _save_probe(probe: MouthProbe, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(probe.state_dict(), path)
+    torch.save({k: v.cpu() for k, v in probe.state_dict().items()}, path)

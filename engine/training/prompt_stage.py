@@ -34,6 +34,7 @@ from engine.config import ModelConfig
 from engine.models.livehuman import LiveHumanModel
 from engine.training import data
 from engine.training.camera_stage import live_sigmas
+from engine.training.device import module_device
 from engine.training.dit_stage import flow_matching_loss
 from engine.training.prompts import PromptTarget, blend_attributes, sample_start, sample_target
 from engine.training.stage import step_rng
@@ -90,7 +91,7 @@ def widen_text_encoder(model: LiveHumanModel, max_tokens: int = PROMPT_TOKENS) -
     if text.max_tokens >= max_tokens:
         return
     old = text.pos_embedding.data
-    wider = torch.randn(1, max_tokens, old.shape[2]) * 0.02
+    wider = (torch.randn(1, max_tokens, old.shape[2]) * 0.02).to(old.device)
     wider[:, : old.shape[1]] = old
     text.pos_embedding = nn.Parameter(wider)
     text.max_tokens = max_tokens
@@ -148,6 +149,7 @@ def prompt_step_fn(
     sigmas = np.array(live_sigmas(config))
     after = [c.after for c in clips]
     C, O = config.dit.latent_channels, config.scheduler.overlap
+    device = module_device(model)
 
     def step(step_index: int) -> dict[str, float]:
         rng, gen = step_rng(seed, "prompt", step_index)
@@ -168,6 +170,7 @@ def prompt_step_fn(
                 prefix = clip.before.latents[:, k : k + O]  # (C, O, h, w)
                 batch.x0[row, :, :O] = prefix
                 batch.cond[row, 1 : 1 + C, :O] = prefix
+        batch = batch.to(device)
         encoded = model.text.encode(prompts + [start for _, start, _ in blends])
         rows = list(encoded[: len(prompts)])
         for (row, _, u), start in zip(blends, encoded[len(prompts) :], strict=True):

@@ -23,6 +23,7 @@ from engine.config import ModelConfig
 from engine.models.livehuman import LiveHumanModel
 from engine.training import data
 from engine.training.camera_stage import live_sigmas
+from engine.training.device import module_device
 from engine.training.dit_stage import flow_matching_loss
 from engine.training.stage import step_rng
 from engine.training.vae_stage import to_model_frames
@@ -66,10 +67,10 @@ def redub_clip(model: LiveHumanModel, clip: data.Clip, source: data.Clip, frames
     cfg = model.config
     target = encode_clip(model, clip, frames)
     n = 1 + 4 * (target.latents.shape[1] - 1)
-    pictures = source.frames(0, n, cfg.height)
-    latents, _ = model.vae.encode(to_model_frames(pictures)[None])
-    reference, _ = model.vae.encode(to_model_frames(pictures[:1])[None])
-    return RedubClip(dataclasses.replace(target, reference=reference[0], camera=None), latents[0])
+    frames_in = to_model_frames(source.frames(0, n, cfg.height))[None].to(module_device(model))
+    latents = model.vae.encode(frames_in)[0][0].cpu()
+    reference = model.vae.encode(frames_in[:, :, :1])[0][0].cpu()
+    return RedubClip(dataclasses.replace(target, reference=reference, camera=None), latents)
 
 
 def make_redub_clips(
@@ -99,6 +100,7 @@ def redub_step_fn(
     sigmas = np.array(live_sigmas(config))
     targets = [c.target for c in clips]
     W = config.scheduler.window
+    device = module_device(model)
 
     def step(step_index: int) -> dict[str, float]:
         rng, gen = step_rng(seed, "video", step_index)
@@ -110,6 +112,7 @@ def redub_step_fn(
         if not on_camera:
             for row, (c, k) in enumerate(items):
                 batch.camera[row] = clips[c].source[:, k : k + W] - clips[c].target.reference
+        batch = batch.to(device)
         with torch.no_grad():
             _, tokens = audio_tokens(model, batch, config)
         sigma = torch.tensor(rng.choice(sigmas, size=cfg.batch), dtype=torch.float32)

@@ -22,6 +22,7 @@ import torch
 
 from engine.models.livehuman import LiveHumanModel
 from engine.sampler import FlowSampler
+from engine.training.device import module_device, seeded_noise
 from engine.training.dit_stage import dit_velocity
 from engine.training.windows import EncodedClip, WindowBatch, audio_tokens, window_batch
 
@@ -36,21 +37,23 @@ def sampler_states(
     last: int | None = None,
 ) -> list[torch.Tensor]:
     """The DiT's input at each step (len(sigmas) states) followed by the sampled window, or only
-    the states up to index ``last`` when that is given (the rest are not needed)."""
+    the states up to index ``last`` when that is given (the rest are not needed). On the batch's
+    device, the noise drawn from ``gen`` on the CPU."""
     sampler = FlowSampler(model.config.sampler)
     O = model.config.scheduler.overlap
     prefix = batch.x0[:, :, :O]
     final = len(sigmas) - 1
-    x = torch.randn(batch.x0.shape, generator=gen)
+    device = batch.x0.device
+    x = seeded_noise(batch.x0.shape, gen, device)
     states = []
     for j, sigma in enumerate(sigmas):
         if j < final:
-            x[:, :, :O] = (1.0 - sigma) * prefix + sigma * torch.randn(prefix.shape, generator=gen)
+            x[:, :, :O] = (1.0 - sigma) * prefix + sigma * seeded_noise(prefix.shape, gen, device)
         states.append(x.clone())
         if j == last:
             return states
-        velocity = dit_velocity(model, x, torch.full((x.shape[0],), sigma), batch, tokens)
-        noise = None if j == final else torch.randn(x.shape, generator=gen)
+        velocity = dit_velocity(model, x, torch.full((x.shape[0],), sigma, device=device), batch, tokens)
+        noise = None if j == final else seeded_noise(x.shape, gen, device)
         x = sampler.step(x, velocity, sigma, 0.0 if j == final else sigmas[j + 1], noise)
     return [*states, x]
 
@@ -66,8 +69,10 @@ def teacher_forced_latents(
 ) -> list[torch.Tensor]:
     """Each clip's latents with latent k+1 replaced by the one the DiT samples (at ``steps``) for
     the window whose prefix is the true latent k: what the live decoder meets one window on.
-    Latent 0 (the still of frame 0) stays the encoder's. ``progress(batches done, batches)``."""
+    Latent 0 (the still of frame 0) stays the encoder's. ``progress(batches done, batches)``.
+    Sampled on the model's device, returned on the CPU."""
     config = model.config
+    device = module_device(model)
     W, O = config.scheduler.window, config.scheduler.overlap
     sigmas = FlowSampler(config.sampler).sigmas(steps)
     gen = torch.Generator().manual_seed(seed)
@@ -75,9 +80,9 @@ def teacher_forced_latents(
     latents = [e.latents.clone() for e in encoded]
     chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     for done, chunk in enumerate(chunks, 1):
-        batch = window_batch(encoded, chunk, config, 0.0)
+        batch = window_batch(encoded, chunk, config, 0.0).to(device)
         _, tokens = audio_tokens(model, batch, config)
-        window = sampler_states(model, batch, tokens, sigmas, gen)[-1]
+        window = sampler_states(model, batch, tokens, sigmas, gen)[-1].cpu()
         for i, (c, k) in enumerate(chunk):
             latents[c][:, k + O : k + W] = window[i, :, O:]
         if progress:

@@ -73,7 +73,7 @@ def run_stage(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = 0
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=True)
+        ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")  # saved on any device
         for key, module in modules.items():
             module.load_state_dict(ckpt["modules"][key])
         optimizer.load_state_dict(ckpt["optimizer"])

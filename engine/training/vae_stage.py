@@ -18,6 +18,7 @@ import torch
 
 from engine.models.vae import CausalVAE
 from engine.training.data import Clip
+from engine.training.device import module_device, seeded_noise
 from engine.training.stage import step_rng
 
 SEGMENT_FRAMES = 9  # 1 + 4*2: three latents, the first a still
@@ -82,12 +83,12 @@ def vae_loss(
     video: torch.Tensor,
     weight: torch.Tensor,
     kl_weight: float,
-    gen: torch.Tensor | None = None,
+    gen: torch.Generator,
 ) -> dict[str, torch.Tensor]:
     """Weighted L1 reconstruction through a sampled latent, plus a small KL."""
     mean, logvar = vae.encode(video)
     logvar = logvar.clamp(-30.0, 20.0)
-    z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
+    z = mean + torch.exp(0.5 * logvar) * seeded_noise(mean.shape, gen, mean.device)
     recon = vae.decode(z)
     l1 = ((recon - video).abs() * weight).sum() / (weight.sum() * video.shape[1])
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
@@ -97,10 +98,11 @@ def vae_loss(
 def vae_metrics(vae: CausalVAE, clips: list[Clip], size: int, frames: int = 33) -> dict[str, float]:
     """Full-frame reconstruction PSNR and mouth-region PSNR on whole frames of held-out clips."""
     psnr, mouth_psnr = [], []
+    device = module_device(vae)
     with torch.no_grad():
         for clip in clips:
             n = 1 + 4 * ((min(clip.num_frames, frames) - 1) // 4)
-            video = to_model_frames(clip.frames(0, n, size))[None]
+            video = to_model_frames(clip.frames(0, n, size))[None].to(device)
             mean, _ = vae.encode(video)
             recon = vae.decode(mean)
             err = ((recon - video) / 2.0).pow(2)  # [0, 1] scale
@@ -130,10 +132,11 @@ def vae_step_fn(
     vae: CausalVAE, clips: list[Clip], cfg: VAETrainConfig, size: int, seed: int
 ) -> Callable[[int], dict[str, float]]:
     """The closure ``run_stage`` calls once per step."""
+    device = module_device(vae)
 
     def step(step_index: int) -> dict[str, float]:
         rng, gen = step_rng(seed, "vae", step_index)
-        video, weight = vae_batch(clips, rng, cfg.batch, cfg.crop, size)
+        video, weight = (t.to(device) for t in vae_batch(clips, rng, cfg.batch, cfg.crop, size))
         losses = vae_loss(vae, video, weight, cfg.kl_weight, gen)
         losses["loss"].backward()
         return {k: float(v.detach()) for k, v in losses.items()}

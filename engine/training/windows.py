@@ -12,6 +12,7 @@ stream latent k-1, stream frame i is clip frame i+1, and its audio starts at cli
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from engine.models.camera import camera_latents
 from engine.models.livehuman import LiveHumanModel
 from engine.training import avatar
 from engine.training.data import Clip
+from engine.training.device import module_device
 from engine.training.vae_stage import to_model_frames
 
 # Zero padding either side of a clip's audio, so any span near its edges can be cut.
@@ -46,10 +48,13 @@ class EncodedClip:
 
 @torch.no_grad()
 def encode_clip(model: LiveHumanModel, clip: Clip, max_frames: int = 301) -> EncodedClip:
+    """The clip's latents on the CPU (where the stages cache and batch them), encoded on the
+    model's device."""
     cfg = model.config
+    device = module_device(model)
     n = 1 + FRAMES_PER_LATENT * ((min(clip.num_frames, max_frames) - 1) // FRAMES_PER_LATENT)
-    latents, _ = model.vae.encode(to_model_frames(clip.frames(0, n, cfg.height))[None])
-    reference, _ = model.vae.encode(to_model_frames(clip.portrait(cfg.height)[None])[None])
+    latents = model.vae.encode(to_model_frames(clip.frames(0, n, cfg.height))[None].to(device))[0].cpu()
+    reference = model.vae.encode(to_model_frames(clip.portrait(cfg.height)[None])[None].to(device))[0].cpu()
     T, f = latents.shape[2], cfg.vae.spatial_factor
     mask = torch.zeros(T, cfg.latent_height, cfg.latent_width)
     for k in range(T):
@@ -151,6 +156,14 @@ class WindowBatch:
     weight: torch.Tensor  # (B, 1, W, h, w) loss weight, heavier on the mouth
     camera: torch.Tensor  # (B, C, W, h, w) camera latents (zeros for a static camera)
     items: list[tuple[int, int]]  # (clip index, clip latent of the window's first latent)
+
+    def to(self, device: torch.device) -> WindowBatch:
+        """The batch with its tensors on ``device``: batches are drawn on the CPU (see
+        ``engine.training.device``) and moved once, just before the model reads them."""
+        tensors = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dataclasses.replace(
+            self, **{k: v.to(device) for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+        )
 
 
 def sample_items(

@@ -1,0 +1,135 @@
+"""Training speed per device: seconds per step of the training stages, on the CPU and a GPU.
+
+    python benchmarks/train_speed.py [--devices cpu,cuda] [--steps 6] [--out benchmarks/results]
+
+``livehuman train --device auto`` computes on a GPU when one is lent, drawing the same batches
+as the CPU would for the seed (``engine/training/device.py``). This times each stage's own step
+function at the full plan's batch size on each device asked for (a random ``tiny`` model on a
+few clips: the cost of a step does not depend on the weights), after one warm-up step, and puts
+beside it the full plan's step count, so the time each stage would take reads off the file. It
+also records each stage's loss at the same step on every device from the same weights: equal to
+rounding where the batches are the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import environment, write_result  # noqa: E402
+from engine.config import get_preset  # noqa: E402
+from engine.models.livehuman import LiveHumanModel  # noqa: E402
+from engine.training import data  # noqa: E402
+from engine.training.decoder_stage import clip_features, decoder_step_fn  # noqa: E402
+from engine.training.device import training_device  # noqa: E402
+from engine.training.dit_stage import MouthProbe, dit_step_fn  # noqa: E402
+from engine.training.lipsync_stage import onpolicy_step_fn  # noqa: E402
+from engine.training.pipeline import PLANS  # noqa: E402
+from engine.training.rollout import teacher_forced_latents  # noqa: E402
+from engine.training.vae_stage import vae_step_fn  # noqa: E402
+from engine.training.windows import encode_clips  # noqa: E402
+
+log = logging.getLogger("bench.train_speed")
+
+
+def stage_steps(model: LiveHumanModel, clips: list[data.Clip]) -> dict[str, tuple[Callable, int]]:
+    """Each timed stage's step function on ``model`` (on its device) and its full-plan step count."""
+    plan, config = PLANS["full"], model.config
+    cpu_model = copy.deepcopy(model).cpu()
+    encoded = encode_clips(cpu_model, clips, plan.encode_frames)
+    probe = MouthProbe(config.audio.dim).to(next(model.parameters()).device)
+    generated = teacher_forced_latents(cpu_model, encoded, 4, seed=0)
+    features = [clip_features(cpu_model, clip) for clip in clips]
+    return {
+        "vae": (vae_step_fn(model.vae, clips, plan.vae, config.height, 0), plan.vae.steps),
+        "dit": (dit_step_fn(model, probe, encoded, config, plan.dit, 0), plan.dit.steps),
+        "lipsync_onpolicy": (
+            onpolicy_step_fn(model, encoded, plan.lipsync, config.scheduler.steps, 0),
+            plan.lipsync.onpolicy_steps,
+        ),
+        "decoder": (
+            decoder_step_fn(model, clips, encoded, generated, features, plan.decoder, 0),
+            plan.decoder.steps,
+        ),
+    }
+
+
+def time_device(device: torch.device, base: LiveHumanModel, clips: list[data.Clip], steps: int) -> dict:
+    model = copy.deepcopy(base).to(device)
+    out = {}
+    for name, (step, full_steps) in stage_steps(model, clips).items():
+        model.zero_grad(set_to_none=True)
+        first_loss = step(0)["loss"]  # also the warm-up (allocations, kernel selection)
+        seconds = []
+        for i in range(1, steps + 1):
+            model.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            step(i)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - t0)
+        per_step = statistics.median(seconds)
+        out[name] = {
+            "seconds_per_step": round(per_step, 4),
+            "full_plan_steps": full_steps,
+            "full_plan_minutes": round(per_step * full_steps / 60, 1),
+            "loss_at_step_0": first_loss,
+        }
+        log.info("%s on %s: %.3f s/step (%d steps timed)", name, device, per_step, steps)
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    devices = [training_device(name) for name in args.devices.split(",")]
+    base = LiveHumanModel.random(get_preset("tiny"))
+    clips = [data.make_clip("train", index, args.seed) for index in range(args.clips)]
+    per_device = {str(device): time_device(device, base, clips, args.steps) for device in devices}
+    result: dict[str, Any] = {
+        "bench": "train_speed",
+        "environment": environment(),
+        "command": " ".join(sys.argv),
+        "steps_timed": args.steps,
+        "clips": args.clips,
+        "devices": per_device,
+    }
+    if len(per_device) > 1:
+        first, *rest = per_device.values()
+        result["loss_relative_difference"] = {
+            stage: max(abs(r[stage]["loss_at_step_0"] / first[stage]["loss_at_step_0"] - 1) for r in rest)
+            for stage in first
+        }
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=6, help="steps timed per stage, after one warm-up step")
+    parser.add_argument("--clips", type=int, default=4, help="training clips the batches are drawn from")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    result = run(args)
+    path = write_result(result, args.out, "train-speed")
+    log.info("-> %s", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
