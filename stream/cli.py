@@ -88,7 +88,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="code each frame's index in a corner and mark the audio (for latency benchmarks)",
     )
-    from stream.webrtc import WebRtcOptions  # aiortc loads only when serving
+    from stream.webrtc import WebRtcOptions  # imports aiortc (a dependency of every install)
 
     WebRtcOptions.add_arguments(parser)
 

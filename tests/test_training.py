@@ -222,6 +222,11 @@ def test_the_lipsync_stage_teaches_an_old_model_audio_positions_and_touches_only
     changed = {k for k, v in new.state_dict().items() if not torch.equal(v, old.state_dict()[k])}
     assert changed and all(k.startswith(("dit.audio_", "audio.")) or ".audio_attn." in k for k in changed)
     assert (tmp_path / "run" / "checkpoints" / "lipsync_onpolicy.pt").exists()
+    # Run in place (the model inside the output directory), the stage's result replaces it.
+    shutil.copytree(tmp_path / "run" / "lipsync_data", tmp_path / "in_place" / "lipsync_data")
+    save_model(old, tmp_path / "in_place" / "model")
+    finetune(tmp_path / "in_place" / "model", tmp_path / "in_place", PLANS["smoke"], addons=("lipsync",))
+    assert load_model(tmp_path / "in_place" / "model").dit.audio_position.abs().max() > 0
     again = finetune(out, tmp_path / "again", PLANS["smoke"], addons=("lipsync",))  # nothing lacks
     assert torch.equal(load_model(again).dit.audio_position, new.dit.audio_position)
     # Asked to redo it, a model with lip-sync runs the on-policy phase alone, on the same path

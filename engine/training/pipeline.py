@@ -296,7 +296,6 @@ def finetune(
     state = RunState(out_dir)
     progress = _Progress()
     model = load_model(model_dir).to(on)
-    given = model.config.capabilities
     stages = {
         "hearing": _train_hearing,
         "lipsync": _train_lipsync,
@@ -305,12 +304,14 @@ def finetune(
         "video": _train_video,
         "prompt": _train_prompt,
     }
-    for name in ADDONS:
+    ran = []
+    for name in ADDONS:  # each stage's lack is judged after the ones before it (hearing resets two)
         if name in redo or (name in addons and _lacks(model, name, plan)):
             model = _addon_stage(name, stages[name], model, out_dir, plan, seed, state, progress)
+            ran.append(name)
     progress.close()
     target = out_dir / "model"
-    if model.config.capabilities != given or model_dir.resolve() != target.resolve():
+    if ran or model_dir.resolve() != target.resolve():
         save_model(model, target)
     return target
 
