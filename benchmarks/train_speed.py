@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,54 +33,66 @@ from engine.config import get_preset  # noqa: E402
 from engine.models.livehuman import LiveHumanModel  # noqa: E402
 from engine.training import data  # noqa: E402
 from engine.training.decoder_stage import clip_features, decoder_step_fn  # noqa: E402
-from engine.training.device import training_device  # noqa: E402
+from engine.training.device import module_device, training_device  # noqa: E402
 from engine.training.dit_stage import MouthProbe, dit_step_fn  # noqa: E402
 from engine.training.lipsync_stage import onpolicy_step_fn  # noqa: E402
 from engine.training.pipeline import PLANS  # noqa: E402
 from engine.training.rollout import teacher_forced_latents  # noqa: E402
 from engine.training.vae_stage import vae_step_fn  # noqa: E402
-from engine.training.windows import encode_clips  # noqa: E402
+from engine.training.windows import EncodedClip, encode_clips  # noqa: E402
 
 log = logging.getLogger("bench.train_speed")
 
 
-def stage_steps(model: LiveHumanModel, clips: list[data.Clip]) -> dict[str, tuple[Callable, int]]:
+@dataclass
+class Inputs:
+    """What the stages read besides the model, made once on the CPU for every device."""
+
+    clips: list[data.Clip]
+    encoded: list[EncodedClip]
+    generated: list[torch.Tensor]  # the DiT's latents, the decoder stage's input
+    features: list[torch.Tensor]  # audio features per frame, the decoder stage's input
+
+    @classmethod
+    def make(cls, model: LiveHumanModel, clips: list[data.Clip]) -> Inputs:
+        encoded = encode_clips(model, clips, PLANS["full"].encode_frames)
+        generated = teacher_forced_latents(model, encoded, 4, seed=0)
+        return cls(clips, encoded, generated, [clip_features(model, clip) for clip in clips])
+
+
+def stage_steps(model: LiveHumanModel, inputs: Inputs) -> dict[str, tuple[Callable, int]]:
     """Each timed stage's step function on ``model`` (on its device) and its full-plan step count."""
-    plan, config = PLANS["full"], model.config
-    cpu_model = copy.deepcopy(model).cpu()
-    encoded = encode_clips(cpu_model, clips, plan.encode_frames)
-    probe = MouthProbe(config.audio.dim).to(next(model.parameters()).device)
-    generated = teacher_forced_latents(cpu_model, encoded, 4, seed=0)
-    features = [clip_features(cpu_model, clip) for clip in clips]
+    plan, config, encoded = PLANS["full"], model.config, inputs.encoded
+    probe = MouthProbe(config.audio.dim).to(module_device(model))
     return {
-        "vae": (vae_step_fn(model.vae, clips, plan.vae, config.height, 0), plan.vae.steps),
+        "vae": (vae_step_fn(model.vae, inputs.clips, plan.vae, config.height, 0), plan.vae.steps),
         "dit": (dit_step_fn(model, probe, encoded, config, plan.dit, 0), plan.dit.steps),
         "lipsync_onpolicy": (
             onpolicy_step_fn(model, encoded, plan.lipsync, config.scheduler.steps, 0),
             plan.lipsync.onpolicy_steps,
         ),
         "decoder": (
-            decoder_step_fn(model, clips, encoded, generated, features, plan.decoder, 0),
+            decoder_step_fn(model, inputs.clips, encoded, inputs.generated, inputs.features, plan.decoder, 0),
             plan.decoder.steps,
         ),
     }
 
 
-def time_device(device: torch.device, base: LiveHumanModel, clips: list[data.Clip], steps: int) -> dict:
+def time_device(device: torch.device, base: LiveHumanModel, inputs: Inputs, steps: int) -> dict:
     model = copy.deepcopy(base).to(device)
+    # CUDA runs asynchronously: wait for the step's kernels before reading the clock.
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     out = {}
-    for name, (step, full_steps) in stage_steps(model, clips).items():
+    for name, (step, full_steps) in stage_steps(model, inputs).items():
         model.zero_grad(set_to_none=True)
         first_loss = step(0)["loss"]  # also the warm-up (allocations, kernel selection)
         seconds = []
         for i in range(1, steps + 1):
             model.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            sync()
             t0 = time.perf_counter()
             step(i)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            sync()
             seconds.append(time.perf_counter() - t0)
         per_step = statistics.median(seconds)
         out[name] = {
@@ -95,8 +108,8 @@ def time_device(device: torch.device, base: LiveHumanModel, clips: list[data.Cli
 def run(args: argparse.Namespace) -> dict[str, Any]:
     devices = [training_device(name) for name in args.devices.split(",")]
     base = LiveHumanModel.random(get_preset("tiny"))
-    clips = [data.make_clip("train", index, args.seed) for index in range(args.clips)]
-    per_device = {str(device): time_device(device, base, clips, args.steps) for device in devices}
+    inputs = Inputs.make(base, [data.make_clip("train", index, args.seed) for index in range(args.clips)])
+    per_device = {str(device): time_device(device, base, inputs, args.steps) for device in devices}
     result: dict[str, Any] = {
         "bench": "train_speed",
         "environment": environment(),

@@ -14,6 +14,7 @@ import stream.cli
 from engine.config import ConfigError
 from engine.media import MediaError
 from engine.runtime.base import BackendUnavailable
+from engine.training.device import DEVICES
 from engine.weights import WeightsError
 from export.errors import ExportError
 from stream.microphone import MicrophoneUnavailable
@@ -250,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(
         "--device",
-        choices=("auto", "cpu", "cuda"),
+        choices=DEVICES,
         default="auto",
         help="where to compute: auto (a GPU if torch sees one, else the CPU), cpu or cuda; a seed "
         "draws the same batches on any device",

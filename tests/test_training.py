@@ -13,6 +13,7 @@ from engine.config import get_preset
 from engine.models.livehuman import LiveHumanModel
 from engine.models.vae import colour_to_latent, latent_to_colour
 from engine.training import data
+from engine.training.device import seeded_noise
 from engine.training.distill_stage import STUDENT_STEPS
 from engine.training.dit_stage import MouthProbe, aux_loss, flow_matching_loss
 from engine.training.pipeline import ADDONS, PLANS, _encoded, train
@@ -146,30 +147,41 @@ def test_the_onpolicy_lipsync_loss_goes_down(clips):
     assert losses[-1] < 0.8 * losses[0]
 
 
+def _toy_stage(out, stop_at: int | None, device: str = "cpu") -> torch.Tensor:  # noqa: ANN001
+    """A 10-step stage on ``device`` checkpointing every 3 steps, interrupted at ``stop_at``; its
+    final weights (on the CPU)."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 1).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+
+    def step(i: int) -> dict[str, float]:
+        if i == stop_at:
+            raise KeyboardInterrupt
+        _, gen = step_rng(3, "toy", i)
+        x = seeded_noise((8, 4), gen, net.weight.device)
+        loss = (net(x) - x.sum(1, keepdim=True)).pow(2).mean()
+        loss.backward()
+        return {"loss": loss.item()}
+
+    run_stage(out, "toy", {"net": net}, opt, 10, step, cosine_lr(1e-2, 10, warmup=2), save_every=3)
+    return net.weight.detach().cpu().clone()
+
+
 def test_a_stopped_stage_resumes_to_the_same_weights(tmp_path):
-    def run(out, stop_at: int | None) -> torch.Tensor:
-        torch.manual_seed(0)
-        net = torch.nn.Linear(4, 1)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-
-        def step(i: int) -> dict[str, float]:
-            if i == stop_at:
-                raise KeyboardInterrupt
-            _, gen = step_rng(3, "toy", i)
-            x = torch.randn(8, 4, generator=gen)
-            loss = (net(x) - x.sum(1, keepdim=True)).pow(2).mean()
-            loss.backward()
-            return {"loss": loss.item()}
-
-        run_stage(out, "toy", {"net": net}, opt, 10, step, cosine_lr(1e-2, 10, warmup=2), save_every=3)
-        return net.weight.detach().clone()
-
-    whole = run(tmp_path / "a", None)
+    whole = _toy_stage(tmp_path / "a", None)
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "b", 7)
-    resumed = run(tmp_path / "b", None)
+        _toy_stage(tmp_path / "b", 7)
+    resumed = _toy_stage(tmp_path / "b", None)
     assert torch.equal(whole, resumed)
     assert (tmp_path / "b" / "logs" / "toy.jsonl").read_text().count("\n") >= 10
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_stage_stopped_on_cuda_resumes_on_the_cpu(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _toy_stage(tmp_path / "b", 7, "cuda")  # stopped after its checkpoint at step 6
+    resumed = _toy_stage(tmp_path / "b", None)
+    assert torch.allclose(resumed, _toy_stage(tmp_path / "a", None), atol=1e-5)
 
 
 def test_smoke_training_run_saves_a_loadable_model_and_resumes_as_done(tmp_path):

@@ -1,11 +1,10 @@
 """Training on a lent GPU: the device is chosen in one line, batches are drawn on the CPU so a seed
-means the same run anywhere, and what a GPU run writes resumes on a CPU."""
+means the same run anywhere, and what a GPU run writes loads on a CPU."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,7 +31,7 @@ from engine.training.prompt_stage import PromptClip, PromptTrainConfig, prompt_s
 from engine.training.prompts import sample_start, sample_target
 from engine.training.redub_stage import RedubClip, RedubTrainConfig, redub_step_fn
 from engine.training.rollout import teacher_forced_latents
-from engine.training.stage import RunState, cosine_lr, run_stage, step_rng
+from engine.training.stage import RunState, step_rng
 from engine.training.vae_stage import VAETrainConfig, vae_metrics, vae_step_fn
 from engine.training.windows import clip_audio_track, encode_clips, sample_items, window_batch
 from engine.weights import load_model
@@ -174,7 +173,7 @@ def test_a_step_on_cuda_draws_the_cpu_steps_batch_and_noise() -> None:
 
 
 @needs_cuda
-def test_a_smoke_run_on_cuda_writes_a_model_and_checkpoints_that_load_on_the_cpu(tmp_path) -> None:  # noqa: ANN001
+def test_a_smoke_run_on_cuda_writes_a_model_that_loads_on_the_cpu(tmp_path) -> None:  # noqa: ANN001
     torch.cuda.reset_peak_memory_stats()
     out = train("tiny", tmp_path / "gpu", PLANS["smoke"], seed=0, device="cuda")
     assert torch.cuda.max_memory_allocated() > 0, "the run computed on the GPU"
@@ -182,24 +181,3 @@ def test_a_smoke_run_on_cuda_writes_a_model_and_checkpoints_that_load_on_the_cpu
     assert all(state.done(s) for s in ("vae", "audio", "dit", "distill", *ADDONS))
     model = load_model(out)
     assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in model.parameters())
-
-    def toy(directory: Path, device: str, stop_at: int | None) -> torch.Tensor:
-        torch.manual_seed(0)
-        net = torch.nn.Linear(4, 1).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-
-        def step(i: int) -> dict[str, float]:
-            if i == stop_at:
-                raise KeyboardInterrupt
-            _, gen = step_rng(3, "toy", i)
-            x = seeded_noise((8, 4), gen, net.weight.device)
-            loss = (net(x) - x.sum(1, keepdim=True)).pow(2).mean()
-            loss.backward()
-            return {"loss": loss.item()}
-
-        run_stage(directory, "toy", {"net": net}, opt, 10, step, cosine_lr(1e-2, 10, warmup=2), save_every=3)
-        return net.weight.detach().cpu()
-
-    with pytest.raises(KeyboardInterrupt):
-        toy(tmp_path / "toy", "cuda", 7)  # stopped on the GPU after its checkpoint at step 6
-    assert torch.allclose(toy(tmp_path / "toy", "cpu", None), toy(tmp_path / "whole", "cpu", None), atol=1e-5)
