@@ -130,3 +130,20 @@ def test_each_prompt_attribute_estimator_is_validated_on_ground_truth_renders() 
     scores = validate_attribute_estimators(seed=1, pairs=10, frames=9)
     assert set(scores) == {f"{a}_corr" for a in ATTRIBUTES}
     assert all(v >= 0.95 for v in scores.values()), scores
+
+
+def test_the_cells_a_prompt_moves_weigh_the_boost_in_the_loss_mask_and_nothing_else_does() -> None:
+    from engine.training import data
+    from engine.training.prompt_stage import CHANGE_THRESHOLD, prompt_clip
+    from engine.training.prompts import PromptTarget, levels_of
+
+    model = LiveHumanModel.random(get_preset("tiny"), seed=4).eval()
+    clip = data.make_clip("train", 0, seed=5)
+    clip = dataclasses.replace(clip, attributes=dataclasses.replace(clip.attributes, smile=0.0))
+    smiling = PromptTarget((levels_of("smile")[0],), (1.0,))
+    for target, boost in ((smiling, 4.0), (PromptTarget((), ()), 4.0), (smiling, 1.0)):
+        made = prompt_clip(model, clip, target, 21, np.random.default_rng(0), change_boost=boost)
+        moved = (made.after.latents - made.before.latents).abs().mean(dim=0) > CHANGE_THRESHOLD
+        assert moved.any() == bool(target.levels)
+        assert torch.all(made.after.mouth_mask[moved] == boost)
+        assert made.after.mouth_mask[~moved].max() <= 1.0  # the mouth alone, as in every stage
