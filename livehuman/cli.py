@@ -119,6 +119,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--clips must be at least 1, got {args.clips}")
     if args.drift_minutes < 0:
         raise ConfigError(f"--drift-minutes must not be negative, got {args.drift_minutes}")
+    if not 0 <= args.prompt_clips <= args.clips:
+        raise ConfigError(f"--prompt-clips must be from 0 to --clips ({args.clips}), got {args.prompt_clips}")
     backend = load_backend(args.backend, args.preset)
     clips = evaluate.heldout_clips(args.clips, seed=args.seed)
     with tqdm(unit="run", desc="eval", leave=False) as bar:
@@ -134,6 +136,7 @@ def _eval(args: argparse.Namespace) -> int:
             drift_seconds=60.0 * args.drift_minutes,
             progress=progress,
             seed=args.seed,
+            prompt_clips=args.prompt_clips,
             model=str(args.preset),
             machine=environment(),
         )
@@ -268,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--addons",
         help="with --finetune: which add-ons, comma-separated from hearing,lipsync,decoder,camera,video,"
         "prompt (default: all it lacks, or none with --redo; the shipped default has hearing,lipsync,"
-        "decoder,camera,video, the prompt model hearing,lipsync,decoder,camera,prompt)",
+        "decoder,camera,video, the prompt model all six)",
     )
     train.add_argument(
         "--redo",
@@ -296,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="model runtime (default torch on the CPU; auto takes the fastest that loads, a GPU if any)",
     )
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument(
+        "--prompt-clips",
+        type=int,
+        default=2,
+        help="on a model with prompt control, judge opposite prompts on this many of the clips (default 2)",
+    )
     evaluate.add_argument(
         "--write-fallback",
         action="store_true",

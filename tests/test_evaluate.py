@@ -181,7 +181,14 @@ def test_bad_values_are_config_errors() -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [["--steps", "4,x"], ["--steps", "5"], ["--clips", "0"], ["--drift-minutes", "-1"]]
+    "args",
+    [
+        ["--steps", "4,x"],
+        ["--steps", "5"],
+        ["--clips", "0"],
+        ["--drift-minutes", "-1"],
+        ["--clips", "2", "--prompt-clips", "3"],
+    ],
 )
 def test_eval_cli_rejects_bad_values_in_one_line(tmp_path, capsys, args) -> None:  # noqa: ANN001
     code = main(["eval", "--preset", "tiny", "--report", str(tmp_path / "r.json"), *args])
@@ -238,12 +245,13 @@ def test_eval_cli_writes_the_report(tmp_path, monkeypatch, caplog, report_and_ca
     monkeypatch.setattr(ev, "heldout_clips", lambda count, seed=0: [clip] * count)
     monkeypatch.setattr(ev, "evaluate", fake_evaluate)
     out = tmp_path / "eval" / "report.json"
-    args = ["--clips", "2", "--steps", "2,1", "--drift-minutes", "0.5", "--seed", "3"]
+    args = ["--clips", "2", "--steps", "2,1", "--drift-minutes", "0.5", "--seed", "3", "--prompt-clips", "1"]
     with caplog.at_level(logging.INFO, logger="livehuman"):
         assert main(["eval", "--preset", "tiny", "--report", str(out), *args]) == 0
     assert json.loads(out.read_text())["steps"].keys() == {"2", "1"}
     assert seen["steps"] == (2, 1) and len(seen["clips"]) == 2 and seen["model"] == "tiny"
     assert seen["drift_seconds"] == 30.0 and seen["seed"] == 3 and seen["machine"]["cpu"]
+    assert seen["prompt_clips"] == 1
     assert sum("eval steps" in r.message for r in caplog.records) == 2
 
 
