@@ -40,19 +40,7 @@ def effects(backend) -> dict:  # noqa: ANN001
     return prompt_effects(backend, heldout_clips(2, seed=0, max_frames=PROMPT_FRAMES))
 
 
-SMILE_SHORTFALL = pytest.mark.xfail(
-    strict=True,
-    reason="the prompt model follows its smile phrases too weakly: on the standard report's 2 prompt "
-    "clips 'smiling' against 'serious' moves the smile the right way on both, but by 14% of the asked "
-    "change against the 20% this test asks (-2% before its lip-sync and decoder stages were redone on "
-    "the DiT's own samples; a full smile is a few latent cells at 128 px); mood moves the right way on "
-    "both, by 47%",
-)
-
-
-@pytest.mark.parametrize(
-    "attribute", [a if a != "smile" else pytest.param(a, marks=SMILE_SHORTFALL) for a in ATTRIBUTES]
-)
+@pytest.mark.parametrize("attribute", ATTRIBUTES)
 def test_opposite_prompts_move_each_attribute_the_named_way_on_held_out_portraits(effects, attribute) -> None:  # noqa: ANN001
     effect = effects[attribute]
     assert effect["moved_right_way"] == 1.0, effect
