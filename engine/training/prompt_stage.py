@@ -16,9 +16,11 @@ prompt, not only to hold it. A live change feeds blended contexts (``engine.prom
 render per clip is drawn part of the way from a start prompt's attributes to the prompt's and
 trained with the same blend of their contexts. The attributes are small in latent space (a full
 smile is a few cells, among the lip motion in the same cells), so the cells a prompt changes weigh
-``change_boost`` times the mouth in the loss. On the standard report's 2 prompt clips, weighed like
-the mouth the smile came through at 14% of the asked change, twice the mouth 37%, four times 50%
-but on fewer of 8 other held-out portraits the right way (6 against 8 for twice). Only
+``change_boost`` times the mouth in the loss. On the standard report's 2 prompt clips
+(``livehuman eval --clips 4 --steps 4``), weighed like the mouth the smile came through at 14% of
+the asked change, twice the mouth 37%, four times 50%; but on 8 other held-out portraits (a script
+outside the repo calling ``prompt_eval.prompt_effects``) four times moved it the right way on 6,
+twice on all 8. Only
 the text encoder, the DiT's text embedding and its per-block text cross-attention train; the loss
 is flow matching at the live sampler's noise levels, as in the camera stage.
 """
@@ -53,8 +55,9 @@ PROMPT_TOKENS = 64  # bytes the text encoder reads: two phrases of the prompt la
 class PromptTrainConfig:
     # Clips (each rendered before, after and between): many short ones, since what the text path
     # must generalise over is identities (64 long clips reached 3 of 4 held-out portraits for mood,
-    # and not the brightest; on the default with hearing, 120 clips and 2000 steps moved the mood
-    # by 33% of the asked change, these 69%, and held identity at 1.64 dE00 where 120 left 1.88).
+    # and not the brightest; on the default with hearing, both weighed like the mouth, 120 clips
+    # and 2000 steps moved the mood by 33% of the asked change, these 69%, and held identity at
+    # 1.64 dE00 where 120 left 1.88).
     clips: int = 360
     frames: int = 41  # frames of each clip encoded: 1.6 s, 11 latents
     steps: int = 4000
