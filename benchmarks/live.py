@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from benchmarks.harness import PACKET, RATE, REPO
+from benchmarks.harness import PACKET, RATE, REPO, BenchOptions
 from stream.whep_client import WhepClient
 
 log = logging.getLogger("bench.live")
@@ -64,6 +64,20 @@ class BenchServer:
         # The server's log outlives the run, so a failure can be read after it (the path is reported).
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
             "w+", prefix="bench-server-", suffix=".log", delete=False
+        )
+
+    @classmethod
+    def for_bench(cls, options: BenchOptions, max_sessions: int) -> BenchServer:
+        """The server a live suite measures: its model, backend and threads, and the latency
+        settings given on its command line (``extra``; absent ones are the model's)."""
+        return cls(
+            options.preset,
+            options.backend,
+            threads=options.threads,
+            playout_delay_ms=options.extra.get("playout_delay_ms"),
+            compute_budget_ms=options.extra.get("compute_budget_ms"),
+            fallback_steps=tuple(options.extra.get("fallback_steps") or ()),
+            max_sessions=max_sessions,
         )
 
     @property

@@ -83,15 +83,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
 async def _drive(options: BenchOptions, failures: Failures) -> dict[str, Any]:
     """Run every scenario; returns what was recorded (analysis comes after the server stopped)."""
     o = options.extra
-    server = BenchServer(
-        options.preset,
-        options.backend,
-        threads=options.threads,
-        playout_delay_ms=o.get("playout_delay_ms"),
-        compute_budget_ms=o.get("compute_budget_ms"),
-        fallback_steps=tuple(o.get("fallback_steps") or ()),
-        max_sessions=4,
-    )
+    server = BenchServer.for_bench(options, max_sessions=4)
     raw: dict[str, Any] = {"t_ref": time.monotonic(), "ttff": [], "main": None, "calibration": None}
     total = options.duration + (o["calibrate_seconds"] if o["calibrate_ms"] else 0.0)
     async with server, aiohttp.ClientSession() as http:

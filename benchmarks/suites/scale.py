@@ -57,15 +57,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
 
 async def _drive(options: BenchOptions, failures: Failures) -> dict[str, Any]:
     o = options.extra
-    server = BenchServer(
-        options.preset,
-        options.backend,
-        threads=options.threads,
-        playout_delay_ms=o.get("playout_delay_ms"),
-        compute_budget_ms=o.get("compute_budget_ms"),
-        fallback_steps=tuple(o.get("fallback_steps") or ()),
-        max_sessions=o["max_sessions"],
-    )
+    server = BenchServer.for_bench(options, max_sessions=o["max_sessions"])
     raw: dict[str, Any] = {"sessions": [], "viewers": []}
     steps = _ramp(o["max_sessions"])
     viewer_steps = _ramp(o["max_viewers"])
