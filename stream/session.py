@@ -18,7 +18,7 @@ from typing import Final, Literal
 import numpy as np
 
 from engine.clock import Clock, MonotonicClock
-from engine.config import ModelConfig
+from engine.config import FPS, ModelConfig
 from engine.generator import Conditioning
 from engine.models.camera import CameraMove
 from engine.redub import SourceVideo, check_video
@@ -77,6 +77,39 @@ class Subscription:
         return self._queue.qsize()
 
 
+class LateFrameWatch:
+    """Warns in the log, at most once per span of stream, when a session shows more late pictures
+    than a viewer tolerates. /metrics counts them too, but an operator whose machine runs short of
+    compute (one session too many, a busy core) reads the server's log first; without this line it
+    says nothing while viewers watch pictures repeat."""
+
+    def __init__(self, session_id: str, span_frames: int = 10 * FPS, max_late_ratio: float = 0.01) -> None:
+        self.session_id = session_id
+        self.span_frames = span_frames
+        self.max_late = int(max_late_ratio * span_frames)
+        self._frames = 0
+        self._late = 0
+
+    def observe(self, repeated: bool) -> bool:
+        """Count one frame; at the end of each span, warn if too many were late. True: it warned."""
+        self._frames += 1
+        self._late += repeated
+        if self._frames < self.span_frames:
+            return False
+        late, self._frames, self._late = self._late, 0, 0
+        if late <= self.max_late:
+            return False
+        log.warning(
+            "session %s: %d of the last %d frames repeated a late picture; this machine is short of "
+            "compute for its sessions: serve fewer, or give each window more time with "
+            "--compute-budget-ms and --playout-delay-ms",
+            self.session_id,
+            late,
+            self.span_frames,
+        )
+        return True
+
+
 class Session:
     """Create with ``await Session.create(...)``: encoding the portrait (or the video being
     re-dubbed) is a model call, and no model call runs on the event loop."""
@@ -110,6 +143,7 @@ class Session:
         self._pump: asyncio.Task[None] | None = None
         self._closed = False
         self.last_frame: OutputFrame | None = None
+        self._late_watch = LateFrameWatch(session_id)
 
     @classmethod
     async def create(
@@ -203,6 +237,7 @@ class Session:
                 for hook in self.frame_hooks:
                     frame = hook(frame)
                 self.last_frame = frame
+                self._late_watch.observe(frame.repeated)
                 for subscription in list(self._subscriptions):
                     subscription.put(frame)
                 for event in self.scheduler.drain_events():

@@ -13,7 +13,7 @@ import pytest
 from engine.config import Capabilities, ConfigError
 from engine.media import read_video
 from engine.redub import MAX_SECONDS, mirror_loop
-from stream.session import Session, SessionOptions
+from stream.session import LateFrameWatch, Session, SessionOptions
 from tests.fakes import SIZE, FakeBackend, fake_config
 from tests.test_cli import write_video
 from tests.test_scheduler import tone
@@ -90,3 +90,16 @@ def test_a_session_takes_one_source_and_refuses_a_video_the_model_cannot_redub()
         asyncio.run(create())
     with pytest.raises(ConfigError, match=r"^video: model .* cannot re-dub a video"):
         asyncio.run(create(video=video))
+
+
+def test_late_pictures_past_one_percent_of_a_span_are_one_warning_naming_the_session(caplog) -> None:  # noqa: ANN001
+    watch = LateFrameWatch("s9", span_frames=250, max_late_ratio=0.01)
+    # Span 1: 2 of 250 late (0.8%), tolerated. Span 2: 3 of 250 (1.2%), one warning at its end.
+    # Span 3: none late, no warning: the count starts again each span.
+    late_at = {10, 20, 250 + 5, 250 + 6, 250 + 7}
+    with caplog.at_level("WARNING", logger="stream.session"):
+        warned = [i for i in range(750) if watch.observe(i in late_at)]
+    assert warned == [499]
+    assert len(caplog.records) == 1
+    assert caplog.records[0].getMessage().startswith("session s9: 3 of the last 250 frames repeated")
+
